@@ -1,0 +1,298 @@
+"""Natural policy gradient (Kakade 2002) with a KL trust region and a GAE critic."""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar, TypeVar
+
+import numpy as np
+import torch
+from gymnasium import spaces
+from torch.nn import functional as F
+from stable_baselines3.common.on_policy_algorithm import OnPolicyAlgorithm
+from stable_baselines3.common.policies import BasePolicy
+from stable_baselines3.common.type_aliases import GymEnv, MaybeCallback, Schedule
+from stable_baselines3.common.utils import explained_variance
+
+from agents.common import CheckpointMixin, critic_parameters
+from agents.npg.policies import CnnPolicy, MlpPolicy, MultiInputPolicy
+from ngrl import (
+    backtracking_line_search,
+    conjugate_gradient,
+    fit_compatible_advantage,
+    flat_grad,
+    get_flat_params,
+    kl_step_size,
+    set_flat_params,
+)
+from ngrl.fisher import ESTIMATORS, ActorOutputs, actor_parameters, policy_distribution, policy_fisher, policy_linearization
+
+SelfNPG = TypeVar("SelfNPG", bound="NPG")
+
+
+class NPG(CheckpointMixin, OnPolicyAlgorithm):
+    """
+    Natural Policy Gradient with a KL trust region (Kakade 2002, "A Natural Policy Gradient";
+    Peters & Schaal 2008, "Natural Actor-Critic"; step rule of Schulman et al. 2015, App. C).
+
+    Each update takes the policy-gradient estimate g = ∇_θ E[r(θ)Â] at θ_old and the natural direction
+    w = F⁻¹g, either by conjugate gradient on Fisher-vector products (``natural_direction="cg"``) or by
+    fitting the advantages on compatible features ψ = ∇log π (``"cfa"``, the natural actor-critic view:
+    the least-squares w equals F⁻¹g). The step θ ← θ + αw uses α = sqrt(2δ / wᵀFw), the largest step
+    whose quadratic KL model stays within ``target_kl`` = δ; with ``line_search=True`` the step is
+    shrunk until the surrogate improves and the exact KL is ≤ δ (which makes it TRPO). The value
+    function is fitted with the policy's optimizer (Adam) on GAE returns; its gradients never touch
+    the actor's parameters.
+
+    :param policy: the policy model ("MlpPolicy", "CnnPolicy", "MultiInputPolicy" or a class)
+    :param env: the environment to learn from (an env id, an env or a VecEnv)
+    :param learning_rate: learning rate of the critic's optimizer (constant or schedule)
+    :param n_steps: steps per environment per update (the rollout has n_steps * n_envs transitions)
+    :param batch_size: minibatch size of the critic updates
+    :param gamma: discount factor
+    :param gae_lambda: λ of generalised advantage estimation
+    :param target_kl: trust-region radius δ (mean KL between successive policies)
+    :param fisher_estimator: "exact" (default), "score", "empirical" or "diagonal" (see ``ngrl.fisher.policy_fisher``)
+    :param natural_direction: "cg" (conjugate gradient on F) or "cfa" (compatible function approximation)
+    :param cg_max_steps: conjugate-gradient iterations per update
+    :param cg_damping: λ added to the Fisher (the ridge of the "cfa" fit)
+    :param cg_tol: relative residual at which conjugate gradient stops early
+    :param use_preconditioner: precondition CG with diag(F) + λ
+    :param line_search: backtrack on the surrogate with a KL check
+    :param line_search_shrinking_factor: step shrink factor of the line search
+    :param line_search_max_iter: most line-search trials
+    :param n_critic_updates: epochs of critic minibatch updates per rollout
+    :param normalize_advantage: standardise advantages per rollout
+    :param sub_sampling_factor: estimate the Fisher on every k-th state only (cheaper products)
+    :param rollout_buffer_class: rollout buffer class (default chosen from the observation space)
+    :param rollout_buffer_kwargs: its keyword arguments
+    :param stats_window_size: episodes averaged in the rollout logs
+    :param tensorboard_log: tensorboard log folder (None: no tensorboard)
+    :param policy_kwargs: keyword arguments of the policy
+    :param verbose: 0 silent, 1 info, 2 debug
+    :param seed: random seed
+    :param device: "auto", "cpu" or "cuda"
+    :param _init_setup_model: build the networks at construction
+    """
+
+    policy_aliases: ClassVar[dict[str, type[BasePolicy]]] = {
+        "MlpPolicy": MlpPolicy,
+        "CnnPolicy": CnnPolicy,
+        "MultiInputPolicy": MultiInputPolicy,
+    }
+
+    def __init__(
+        self,
+        policy: str | type[BasePolicy],
+        env: GymEnv | str,
+        learning_rate: float | Schedule = 1e-3,
+        n_steps: int = 2048,
+        batch_size: int = 128,
+        gamma: float = 0.99,
+        gae_lambda: float = 0.95,
+        target_kl: float = 0.01,
+        fisher_estimator: str = "exact",
+        natural_direction: str = "cg",
+        cg_max_steps: int = 15,
+        cg_damping: float = 0.1,
+        cg_tol: float = 1e-10,
+        use_preconditioner: bool = False,
+        line_search: bool = False,
+        line_search_shrinking_factor: float = 0.8,
+        line_search_max_iter: int = 10,
+        n_critic_updates: int = 10,
+        normalize_advantage: bool = True,
+        sub_sampling_factor: int = 1,
+        rollout_buffer_class: type | None = None,
+        rollout_buffer_kwargs: dict[str, Any] | None = None,
+        stats_window_size: int = 100,
+        tensorboard_log: str | None = None,
+        policy_kwargs: dict[str, Any] | None = None,
+        verbose: int = 0,
+        seed: int | None = None,
+        device: torch.device | str = "auto",
+        _init_setup_model: bool = True,
+    ):
+        super().__init__(
+            policy,
+            env,
+            learning_rate=learning_rate,
+            n_steps=n_steps,
+            gamma=gamma,
+            gae_lambda=gae_lambda,
+            ent_coef=0.0,  # unused: the natural step has no entropy bonus
+            vf_coef=0.0,  # unused: the critic has its own loss
+            max_grad_norm=0.0,  # unused: the step length comes from the trust region
+            use_sde=False,  # gSDE noise depends on the latent: no closed-form output Fisher
+            sde_sample_freq=-1,
+            rollout_buffer_class=rollout_buffer_class,
+            rollout_buffer_kwargs=rollout_buffer_kwargs,
+            stats_window_size=stats_window_size,
+            tensorboard_log=tensorboard_log,
+            policy_kwargs=policy_kwargs,
+            verbose=verbose,
+            device=device,
+            seed=seed,
+            _init_setup_model=False,
+            supported_action_spaces=(spaces.Box, spaces.Discrete, spaces.MultiDiscrete, spaces.MultiBinary),
+        )
+        if fisher_estimator not in ESTIMATORS:
+            raise ValueError(f"fisher_estimator must be one of {ESTIMATORS}, got {fisher_estimator!r}")
+        if natural_direction not in ("cg", "cfa"):
+            raise ValueError(f"natural_direction must be 'cg' or 'cfa', got {natural_direction!r}")
+        if target_kl <= 0:
+            raise ValueError("target_kl must be positive")
+        if sub_sampling_factor < 1:
+            raise ValueError("sub_sampling_factor must be >= 1")
+        if self.env is not None:
+            buffer_size = self.env.num_envs * n_steps
+            if normalize_advantage and buffer_size <= 1:
+                raise ValueError("normalize_advantage needs n_steps * n_envs > 1")
+        self.batch_size = batch_size
+        self.target_kl = target_kl
+        self.fisher_estimator = fisher_estimator
+        self.natural_direction = natural_direction
+        self.cg_max_steps = cg_max_steps
+        self.cg_damping = cg_damping
+        self.cg_tol = cg_tol
+        self.use_preconditioner = use_preconditioner
+        self.line_search = line_search
+        self.line_search_shrinking_factor = line_search_shrinking_factor
+        self.line_search_max_iter = line_search_max_iter
+        self.n_critic_updates = n_critic_updates
+        self.normalize_advantage = normalize_advantage
+        self.sub_sampling_factor = sub_sampling_factor
+        if _init_setup_model:
+            self._setup_model()
+
+    def _setup_model(self) -> None:
+        super()._setup_model()
+        self._actor = ActorOutputs(self.policy)
+        self._family = policy_distribution(self.policy)
+        self._actor_params = actor_parameters(self.policy)
+        self._critic_params = critic_parameters(self.policy)
+
+    def _excluded_save_params(self) -> list[str]:
+        return [*super()._excluded_save_params(), "_actor", "_family", "_actor_params", "_critic_params"]
+
+    def _natural_direction(self, obs: Any, actions: torch.Tensor, advantages: torch.Tensor, gradient: torch.Tensor):
+        """w ≈ F⁻¹g and the operator F it was measured with."""
+        fisher_obs = obs
+        fisher_actions = actions
+        if self.sub_sampling_factor > 1:
+            fisher_obs = {k: v[:: self.sub_sampling_factor] for k, v in obs.items()} if isinstance(obs, dict) else obs[:: self.sub_sampling_factor]
+            fisher_actions = actions[:: self.sub_sampling_factor]
+        fisher = policy_fisher(
+            self.policy, fisher_obs, estimator=self.fisher_estimator, actions=fisher_actions, damping=self.cg_damping
+        )
+        if self.natural_direction == "cfa":
+            # Natural actor-critic: regress Â on ψ = ∇log π(a|s); the least-squares weights are F⁻¹g.
+            linearization = getattr(fisher, "linearization", None) if fisher_obs is obs else None
+            if linearization is None:
+                linearization = policy_linearization(self.policy, obs)
+            score = self._family.score_cotangent(linearization.outputs, actions)
+            result = fit_compatible_advantage(
+                linearization, score, advantages, ridge=self.cg_damping, cg_max_iter=self.cg_max_steps, cg_tol=self.cg_tol
+            )
+        else:
+            preconditioner = fisher.diagonal() if self.use_preconditioner else None
+            result = conjugate_gradient(
+                fisher.mv, gradient, max_iter=self.cg_max_steps, tol=self.cg_tol, preconditioner=preconditioner
+            )
+        return result.raise_if_not_positive_definite(), fisher
+
+    def train(self) -> None:
+        """One natural-gradient step of the actor on the whole rollout, then the critic's epochs."""
+        self.policy.set_training_mode(True)
+        self._update_learning_rate(self.policy.optimizer)
+        rollout = next(self.rollout_buffer.get(batch_size=None))
+        actions = rollout.actions
+        if isinstance(self.action_space, spaces.Discrete):
+            actions = actions.long().flatten()
+        advantages = rollout.advantages
+        if not torch.isfinite(advantages).all():
+            raise ValueError(
+                "NaN or inf in the advantages: the rewards or value estimates diverged. Check the env's rewards "
+                "for NaN, scale large rewards (normalize: true in the config wraps the env in VecNormalize), or lower learning_rate."
+            )
+        if self.normalize_advantage and len(advantages) > 1:
+            advantages = (advantages - advantages.mean()) / (advantages.std() + 1e-8)
+
+        params = self._actor_params
+        with torch.no_grad():
+            old_outputs = self._actor(rollout.observations)
+
+        def surrogate(outputs: torch.Tensor) -> torch.Tensor:
+            # L(θ) = E[π_θ(a|s)/π_old(a|s) · Â]; its gradient at θ_old is the policy gradient.
+            ratio = torch.exp(self._family.log_prob(outputs, actions) - rollout.old_log_prob)
+            return (ratio * advantages).mean()
+
+        objective = surrogate(self._actor(rollout.observations))
+        gradient = flat_grad(objective, params)
+        result, fisher = self._natural_direction(rollout.observations, actions, advantages, gradient)
+        direction = result.x
+        quadratic = float(torch.dot(direction, fisher.mv(direction)))
+        step_size = kl_step_size(quadratic, self.target_kl)  # α = sqrt(2δ / wᵀFw)
+        theta_old = get_flat_params(params)
+
+        @torch.no_grad()
+        def evaluate(fraction: float) -> tuple[float, float]:
+            set_flat_params(params, theta_old + fraction * step_size * direction)
+            outputs = self._actor(rollout.observations)
+            return float(surrogate(outputs)), float(self._family.kl(old_outputs, outputs).mean())
+
+        if self.line_search:
+            search = backtracking_line_search(
+                evaluate,
+                baseline_objective=float(objective),
+                max_kl=self.target_kl,
+                shrink=self.line_search_shrinking_factor,
+                max_iter=self.line_search_max_iter,
+            )
+            if not search.success:
+                set_flat_params(params, theta_old)
+            kl, new_objective, line_search_steps, fraction = search.kl, search.objective, search.steps, search.fraction
+        else:
+            new_objective, kl = evaluate(1.0)
+            line_search_steps, fraction = 0, 1.0
+
+        value_losses = []
+        for _ in range(self.n_critic_updates):
+            for batch in self.rollout_buffer.get(self.batch_size):
+                values = self.policy.predict_values(batch.observations).flatten()
+                value_loss = F.mse_loss(batch.returns, values)
+                self.policy.optimizer.zero_grad(set_to_none=True)
+                value_loss.backward()
+                for p in params:  # the critic must not move the actor (shared extractor included)
+                    p.grad = None
+                self.policy.optimizer.step()
+                value_losses.append(value_loss.item())
+
+        self._n_updates += 1
+        explained_var = explained_variance(self.rollout_buffer.values.flatten(), self.rollout_buffer.returns.flatten())
+        self.logger.record("train/kl", kl)
+        self.logger.record("train/cg_iterations", result.iterations)
+        self.logger.record("train/cg_residual", result.residual_norm)
+        self.logger.record("train/step_size", step_size * fraction)
+        self.logger.record("train/line_search_steps", line_search_steps)
+        self.logger.record("train/surrogate_improvement", new_objective - objective.item())
+        self.logger.record("train/value_loss", float(np.mean(value_losses)) if value_losses else 0.0)
+        self.logger.record("train/explained_variance", float(explained_var))
+        self.logger.record("train/n_updates", self._n_updates, exclude="tensorboard")
+
+    def learn(
+        self: SelfNPG,
+        total_timesteps: int,
+        callback: MaybeCallback = None,
+        log_interval: int = 1,
+        tb_log_name: str = "NPG",
+        reset_num_timesteps: bool = True,
+        progress_bar: bool = False,
+    ) -> SelfNPG:
+        return super().learn(
+            total_timesteps=total_timesteps,
+            callback=callback,
+            log_interval=log_interval,
+            tb_log_name=tb_log_name,
+            reset_num_timesteps=reset_num_timesteps,
+            progress_bar=progress_bar,
+        )

@@ -1,0 +1,34 @@
+"""ngrl's backend: Fisher operators, conjugate gradient and natural-gradient steps, device-agnostic.
+
+Nothing here knows about agents, environments or the command line.
+"""
+
+from ngrl import fisher
+from ngrl.cg import CGResult, NotPositiveDefiniteError, conjugate_gradient
+from ngrl.compatible import compatible_features, fit_compatible_advantage
+from ngrl.device import get_device
+from ngrl.linearize import linearize
+from ngrl.params import flat_grad, flatten, get_flat_params, num_params, set_flat_params, unflatten
+from ngrl.trust_region import LineSearchResult, backtracking_line_search, kl_step_size
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "CGResult",
+    "LineSearchResult",
+    "NotPositiveDefiniteError",
+    "backtracking_line_search",
+    "compatible_features",
+    "conjugate_gradient",
+    "fisher",
+    "fit_compatible_advantage",
+    "flat_grad",
+    "flatten",
+    "get_device",
+    "get_flat_params",
+    "kl_step_size",
+    "linearize",
+    "num_params",
+    "set_flat_params",
+    "unflatten",
+]

@@ -1,0 +1,21 @@
+"""Fisher-matrix estimators as curvature operators (products, dense and diagonal views)."""
+
+from ngrl.fisher.distributions import OutputDistribution, from_sb3
+from ngrl.fisher.gauss_newton import gauss_newton
+from ngrl.fisher.operator import CurvatureOperator, DiagonalOperator, GaussNewtonOperator
+from ngrl.fisher.policy import ESTIMATORS, ActorOutputs, actor_parameters, policy_distribution, policy_fisher, policy_linearization
+
+__all__ = [
+    "ESTIMATORS",
+    "ActorOutputs",
+    "CurvatureOperator",
+    "DiagonalOperator",
+    "GaussNewtonOperator",
+    "OutputDistribution",
+    "actor_parameters",
+    "from_sb3",
+    "gauss_newton",
+    "policy_distribution",
+    "policy_fisher",
+    "policy_linearization",
+]

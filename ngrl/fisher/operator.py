@@ -1,0 +1,128 @@
+"""Curvature operators: (C + λI) v for flat parameter vectors, with dense and diagonal views."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import torch
+from torch import Tensor
+
+from ngrl.linearize import Linearization
+from ngrl.params import flatten, num_params, unflatten
+
+__all__ = ["CurvatureOperator", "GaussNewtonOperator", "DiagonalOperator"]
+
+
+class CurvatureOperator:
+    """Base class: a symmetric PSD matrix C over ``params`` plus damping λ, seen through products.
+
+    :param params: the parameters the matrix is taken over, in the order of the flat vectors
+    :param damping: λ, added as λI by :meth:`mv`, :meth:`dense` and :meth:`diagonal`
+    """
+
+    def __init__(self, params: Sequence[Tensor], damping: float = 0.0) -> None:
+        if damping < 0:
+            raise ValueError(f"damping must be non-negative, got {damping}")
+        self.params = list(params)
+        self.damping = float(damping)
+
+    @property
+    def num_params(self) -> int:
+        return num_params(self.params)
+
+    @property
+    def device(self) -> torch.device:
+        return self.params[0].device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.params[0].dtype
+
+    def _mv(self, v: Tensor) -> Tensor:
+        raise NotImplementedError
+
+    def _diagonal(self) -> Tensor:
+        raise NotImplementedError
+
+    def mv(self, v: Tensor) -> Tensor:
+        """(C + λI) v for a flat vector v."""
+        if v.shape != (self.num_params,):
+            raise ValueError(f"expected a flat vector of {self.num_params} entries, got shape {tuple(v.shape)}")
+        out = self._mv(v)
+        return out + self.damping * v if self.damping else out
+
+    __call__ = mv
+
+    def diagonal(self) -> Tensor:
+        """diag(C) + λ as a flat vector (a natural CG preconditioner)."""
+        return self._diagonal() + self.damping
+
+    def dense(self, max_params: int = 20_000) -> Tensor:
+        """The full matrix C + λI, column by column; for small models and tests."""
+        n = self.num_params
+        if n > max_params:
+            raise ValueError(f"dense() would form a {n}×{n} matrix; raise max_params if you really want it")
+        eye = torch.eye(n, device=self.device, dtype=self.dtype)
+        return torch.stack([self.mv(eye[i]) for i in range(n)], dim=1)
+
+
+class GaussNewtonOperator(CurvatureOperator):
+    """C = (1/n) Σᵢ Jᵢᵀ Hᵢ Jᵢ with J the Jacobian of the outputs in the parameters.
+
+    Every Fisher of ngrl has this form: Hᵢ is the output-space Fisher of the model's distribution
+    (exact Fisher), I/σ² (Gaussian output model: the Gauss–Newton matrix), or gᵢgᵢᵀ with gᵢ the
+    output score of one sampled or observed target (score-sample and empirical Fisher).
+    Each product costs one J v and one Jᵀ u; J is never formed.
+
+    :param linearization: J at the current point (see :mod:`ngrl.linearize`)
+    :param output_mv: u ↦ H u for (n, k) batches
+    :param output_sqrt: L of shape (n, k, c) with H = L Lᵀ (needed only by :meth:`diagonal`)
+    """
+
+    def __init__(
+        self,
+        linearization: Linearization,
+        output_mv: Callable[[Tensor], Tensor],
+        output_sqrt: Callable[[], Tensor] | None = None,
+        *,
+        params: Sequence[Tensor] | None = None,
+        damping: float = 0.0,
+    ) -> None:
+        super().__init__(params if params is not None else linearization.params, damping)
+        self.linearization = linearization
+        self._output_mv = output_mv
+        self._output_sqrt = output_sqrt
+        self._scale = 1.0 / linearization.outputs.shape[0]
+
+    def _mv(self, v: Tensor) -> Tensor:
+        lin = self.linearization
+        jv = lin.jvp(unflatten(v, lin.params))
+        return flatten(lin.vjp(self._output_mv(jv) * self._scale))
+
+    def _diagonal(self) -> Tensor:
+        if self._output_sqrt is None:
+            raise NotImplementedError("this operator was built without an output square root, so its diagonal is unknown")
+        root = self._output_sqrt()  # (n, k, c)
+        total = torch.zeros(self.num_params, device=self.device, dtype=self.dtype)
+        for column in range(root.shape[-1]):
+            total += flatten(self.linearization.squared_vjp_sum(root[..., column]))
+        return total * self._scale
+
+
+class DiagonalOperator(CurvatureOperator):
+    """A diagonal matrix diag(d) + λI (e.g. the diagonal of a Fisher)."""
+
+    def __init__(self, diagonal: Tensor, params: Sequence[Tensor], damping: float = 0.0) -> None:
+        super().__init__(params, damping)
+        if diagonal.shape != (self.num_params,):
+            raise ValueError("the diagonal must have one entry per parameter")
+        self._diag = diagonal
+
+    def _mv(self, v: Tensor) -> Tensor:
+        return self._diag * v
+
+    def _diagonal(self) -> Tensor:
+        return self._diag
+
+    def dense(self, max_params: int = 20_000) -> Tensor:
+        return torch.diag(self.diagonal())
