@@ -241,12 +241,6 @@ def cmd_train(args: argparse.Namespace) -> int:
             raise UsageError(f"{key} is not supported by this command line yet; remove it from the config")
     check_constructor_args(algo_cls, params, args.algo)
 
-    run_dir = pathlib.Path(args.log_folder) / args.algo
-    run_dir.mkdir(parents=True, exist_ok=True)
-    index = 1 + max([int(p.name.rsplit("_", 1)[1]) for p in run_dir.glob(f"{env_name(args.env)}_*") if p.name.rsplit("_", 1)[1].isdigit()] or [0])
-    run_dir = run_dir / f"{env_name(args.env)}_{index}"
-    run_dir.mkdir()
-
     venv = wrap_normalize(make_env(args.env, n_envs, args.seed, env_kwargs), normalize)
     try:
         model = algo_cls(
@@ -256,6 +250,12 @@ def cmd_train(args: argparse.Namespace) -> int:
         raise UsageError(f"{args.algo} cannot train on {args.env}: {error}") from error
     except KeyError as error:
         raise UsageError(f"unknown policy {policy!r} for {args.algo}; choose one of {', '.join(algo_cls.policy_aliases)}") from error
+
+    run_dir = pathlib.Path(args.log_folder) / args.algo
+    run_dir.mkdir(parents=True, exist_ok=True)
+    index = 1 + max([int(p.name.rsplit("_", 1)[1]) for p in run_dir.glob(f"{env_name(args.env)}_*") if p.name.rsplit("_", 1)[1].isdigit()] or [0])
+    run_dir = run_dir / f"{env_name(args.env)}_{index}"
+    run_dir.mkdir()
 
     resolved = {"algo": args.algo, "env": args.env, "seed": args.seed, "n_timesteps": n_timesteps, "n_envs": n_envs,
                 "policy": policy, "normalize": normalize, "env_kwargs": env_kwargs,
