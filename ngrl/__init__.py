@@ -7,6 +7,7 @@ from ngrl import fisher
 from ngrl.cg import CGResult, NotPositiveDefiniteError, conjugate_gradient
 from ngrl.compatible import compatible_features, fit_compatible_advantage
 from ngrl.device import get_device
+from ngrl.ernn import ERNN, ERNNCell
 from ngrl.linearize import linearize
 from ngrl.params import flat_grad, flatten, get_flat_params, num_params, set_flat_params, unflatten
 from ngrl.trust_region import LineSearchResult, backtracking_line_search, kl_step_size
@@ -15,6 +16,8 @@ __version__ = "0.1.0"
 
 __all__ = [
     "CGResult",
+    "ERNN",
+    "ERNNCell",
     "LineSearchResult",
     "NotPositiveDefiniteError",
     "backtracking_line_search",
