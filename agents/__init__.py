@@ -1,9 +1,11 @@
 """SB3-style agents built on ngrl's natural-gradient backend."""
 
 from agents.common import CheckpointError
+from agents.ngdqn import NGDQN
 from agents.npg import NPG
 
 # The registry the command line reads: algorithm name -> class.
 ALGOS = {"npg": NPG}
+ALGOS["ngdqn"] = NGDQN
 
-__all__ = ["ALGOS", "CheckpointError", "NPG"]
+__all__ = ["ALGOS", "CheckpointError", "NGDQN", "NPG"]

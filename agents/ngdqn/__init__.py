@@ -1,0 +1,3 @@
+from agents.ngdqn.ngdqn import NGDQN
+
+__all__ = ["NGDQN"]
