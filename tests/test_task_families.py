@@ -1,0 +1,151 @@
+"""Task families: check_env, seeded sample_tasks, set_task changes the dynamics, the helper and its errors."""
+
+from __future__ import annotations
+
+import importlib.util
+import warnings
+
+import gymnasium as gym
+import numpy as np
+import pytest
+from gymnasium.envs.classic_control.continuous_mountain_car import Continuous_MountainCarEnv
+from stable_baselines3.common.env_checker import check_env
+
+import envs  # noqa: F401  registers the ngrl/ ids
+from envs import ParameterTaskFamily, TaskResampling, task_family_methods
+
+FAMILIES = ["ngrl/Navigation2D-v0", "ngrl/CartPoleDynamics-v0", "ngrl/PendulumDynamics-v0"]
+HAS_MUJOCO = importlib.util.find_spec("mujoco") is not None
+if HAS_MUJOCO:
+    FAMILIES.append("ngrl/HalfCheetahVel-v0")
+
+
+def _make(env_id: str) -> gym.Env:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return gym.make(env_id)
+
+
+@pytest.mark.parametrize("env_id", FAMILIES)
+def test_check_env(env_id):
+    env = _make(env_id)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # Pendulum's asymmetric action box warns, by gymnasium's design
+        check_env(env)
+    sample, set_task, _ = task_family_methods(env)
+    env.reset(seed=0)
+    set_task(sample(1)[0])
+    check_env(env, warn=False)
+
+
+@pytest.mark.parametrize("env_id", FAMILIES)
+def test_sample_tasks_seeded_and_plain_data(env_id):
+    def draw(seed):
+        env = _make(env_id)
+        env.reset(seed=seed)
+        return task_family_methods(env)[0](5)
+
+    a, b, c = draw(3), draw(3), draw(4)
+    assert a == b and a != c
+    assert all(isinstance(t, dict) and all(type(v) is float for v in t.values()) for t in a)
+    assert len({tuple(t.values()) for t in a}) == 5  # five different tasks
+
+
+def _next_obs(env, task, action, seed=0):
+    _, set_task, get_task = task_family_methods(env)
+    set_task(task)
+    assert get_task() == pytest.approx(task)
+    env.reset(seed=seed)
+    obs = None
+    for _ in range(3):
+        obs, reward, *_ = env.step(action)
+    return np.asarray(obs, dtype=np.float64), float(reward)
+
+
+@pytest.mark.parametrize("env_id", FAMILIES)
+def test_set_task_changes_the_dynamics_or_rewards(env_id):
+    env = _make(env_id)
+    env.reset(seed=1)
+    sample, _, _ = task_family_methods(env)
+    t1, t2 = sample(2)
+    action = env.action_space.sample() if not isinstance(env.action_space, gym.spaces.Discrete) else 1
+    obs1, r1 = _next_obs(env, t1, action)
+    obs1_again, r1_again = _next_obs(env, t1, action)
+    obs2, r2 = _next_obs(env, t2, action)
+    np.testing.assert_array_equal(obs1, obs1_again)  # same task, same seed: same transition
+    assert r1 == r1_again
+    if env_id == "ngrl/Navigation2D-v0" or env_id == "ngrl/HalfCheetahVel-v0":
+        assert r1 != r2  # the goal / target velocity is in the reward, not the dynamics
+    else:
+        assert not np.allclose(obs1, obs2)
+
+
+def test_task_persists_across_reset_and_navigation_reward():
+    env = _make("ngrl/Navigation2D-v0")
+    _, set_task, get_task = task_family_methods(env)
+    set_task({"goal_x": 0.3, "goal_y": -0.4})
+    obs, _ = env.reset(seed=0)
+    np.testing.assert_array_equal(obs, [0.0, 0.0])  # the goal is not observed
+    assert get_task() == {"goal_x": 0.3, "goal_y": -0.4}
+    obs, reward, terminated, truncated, _ = env.step(np.array([1.0, -5.0]))  # clipped to ±1, scaled by 0.1
+    np.testing.assert_allclose(obs, [0.1, -0.1], atol=1e-7)
+    assert reward == pytest.approx(-np.hypot(0.2, 0.3))
+    assert not terminated and not truncated
+    for _ in range(99):
+        *_, truncated, _ = env.step(np.zeros(2))
+    assert truncated  # horizon 100
+
+
+def test_cartpole_derived_quantities_follow_the_task():
+    env = _make("ngrl/CartPoleDynamics-v0")
+    task_family_methods(env)[1]({"length": 0.8, "masspole": 0.3})
+    base = env.unwrapped
+    assert base.polemass_length == pytest.approx(0.24) and base.total_mass == pytest.approx(1.3)
+
+
+def test_parameter_family_helper_on_a_user_env():
+    family = ParameterTaskFamily(Continuous_MountainCarEnv(), {"power": (0.001, 0.003)})
+    family.reset(seed=0)
+    tasks = family.sample_tasks(4)
+    assert all(0.001 <= t["power"] <= 0.003 for t in tasks)
+    family.set_task(tasks[0])
+    assert family.unwrapped.power == tasks[0]["power"] and family.get_task() == tasks[0]
+    check_env(family, warn=False)
+    log_family = ParameterTaskFamily(Continuous_MountainCarEnv(), {"power": (1e-4, 1e-1)}, log_uniform=True)
+    log_family.reset(seed=0)
+    powers = np.array([t["power"] for t in log_family.sample_tasks(400)])
+    assert 0.25 < np.mean(powers < 10**-2.5) < 0.75  # half the mass below the geometric midpoint
+
+
+def test_clear_errors():
+    with pytest.raises(ValueError, match="no attribute 'lenght'.*length"):
+        ParameterTaskFamily(gym.make("CartPole-v1").unwrapped, {"lenght": (0.1, 1.0)})
+    with pytest.raises(ValueError, match="low <= high"):
+        ParameterTaskFamily(Continuous_MountainCarEnv(), {"power": (2.0, 1.0)})
+    with pytest.raises(ValueError, match="empty"):
+        ParameterTaskFamily(Continuous_MountainCarEnv(), {})
+    env = _make("ngrl/Navigation2D-v0")
+    _, set_task, _ = task_family_methods(env)
+    with pytest.raises(ValueError, match="missing \\['goal_y'\\]"):
+        set_task({"goal_x": 0.1})
+    with pytest.raises(ValueError, match="finite"):
+        set_task({"goal_x": 0.1, "goal_y": float("nan")})
+    with pytest.raises(ValueError, match="non-negative integer"):
+        task_family_methods(env)[0](-1)
+    with pytest.raises(TypeError, match="not a task family.*ParameterTaskFamily"):
+        task_family_methods(gym.make("CartPole-v1"))
+
+
+def test_task_resampling_draws_a_task_per_episode():
+    env = TaskResampling(_make("ngrl/Navigation2D-v0"))
+    _, _, get_task = task_family_methods(env)
+    env.reset(seed=7)
+    first = get_task()
+    seen = {tuple(first.values())}
+    for _ in range(4):
+        env.reset()
+        seen.add(tuple(get_task().values()))
+    assert len(seen) == 5
+    again = TaskResampling(_make("ngrl/Navigation2D-v0"))
+    again.reset(seed=7)
+    assert task_family_methods(again)[2]() == first
