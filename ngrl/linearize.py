@@ -58,7 +58,9 @@ def module_function(module: nn.Module, params: Sequence[Tensor]) -> Callable[[Se
     names = [by_id[id(p)] for p in params]
 
     def fn(values: Sequence[Tensor], inputs: Any) -> Tensor:
-        return functional_call(module, dict(zip(names, values)), (inputs,))
+        # tie_weights=False: with the default, a submodule reachable under two names (SB3's
+        # features_extractor is also pi_features_extractor) keeps the substituted tensors afterwards.
+        return functional_call(module, dict(zip(names, values)), (inputs,), tie_weights=False)
 
     return fn
 

@@ -7,7 +7,8 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
-from stable_baselines3.common.policies import ActorCriticPolicy, BaseModel
+from stable_baselines3.common.policies import ActorCriticPolicy
+from stable_baselines3.common.preprocessing import preprocess_obs
 
 from ngrl.fisher.distributions import OutputDistribution, from_sb3
 from ngrl.fisher.operator import CurvatureOperator, DiagonalOperator, GaussNewtonOperator
@@ -66,8 +67,15 @@ class ActorOutputs(nn.Module):
         self.family = policy_distribution(policy)
 
     def features(self, obs: Any) -> Tensor:
-        features = BaseModel.extract_features(self.policy, obs, self.policy.pi_features_extractor)
-        return features.to(self.policy.action_net.weight.dtype)
+        # SB3's extract_features, except that observations are cast to the network's dtype rather than
+        # always to float32, so that float64 policies (used for exact checks) work end to end.
+        dtype = self.policy.action_net.weight.dtype
+        preprocessed = preprocess_obs(obs, self.policy.observation_space, normalize_images=self.policy.normalize_images)
+        if isinstance(preprocessed, dict):
+            preprocessed = {key: value.to(dtype) for key, value in preprocessed.items()}
+        else:
+            preprocessed = preprocessed.to(dtype)
+        return self.policy.pi_features_extractor(preprocessed).to(dtype)
 
     def forward(self, obs: Any) -> Tensor:
         latent = self.policy.mlp_extractor.forward_actor(self.features(obs))
@@ -153,10 +161,12 @@ def policy_fisher(
         with torch.no_grad():
             actions = family.sample(outputs, generator)
     score = family.score_cotangent(outputs, actions)  # gᵢ = ∇_z log π(aᵢ | zᵢ)
-    return GaussNewtonOperator(
+    operator = GaussNewtonOperator(
         lin,
         lambda u: score * (score * u).sum(-1, keepdim=True),  # Hᵢ = gᵢgᵢᵀ
         lambda: score.unsqueeze(-1),
         params=owner_params,
         damping=damping,
     )
+    operator.actions = actions  # the sampled (score) or given (empirical) actions, for inspection
+    return operator

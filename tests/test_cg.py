@@ -1,0 +1,104 @@
+"""Conjugate gradient against torch.linalg.solve."""
+
+import pytest
+import torch
+
+from ngrl import NotPositiveDefiniteError, conjugate_gradient
+
+TOLERANCE = {torch.float64: 1e-9, torch.float32: 1e-4}
+
+
+def spd_matrix(n: int, dtype: torch.dtype, condition: float = 50.0, seed: int = 0) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    q, _ = torch.linalg.qr(torch.randn(n, n, generator=g, dtype=torch.float64))
+    eigenvalues = torch.logspace(0, torch.log10(torch.tensor(condition)).item(), n, dtype=torch.float64)
+    return ((q * eigenvalues) @ q.T).to(dtype)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_matches_dense_solve(dtype):
+    a = spd_matrix(20, dtype)
+    b = torch.randn(20, generator=torch.Generator().manual_seed(1), dtype=dtype)
+    result = conjugate_gradient(lambda v: a @ v, b, max_iter=60, tol=1e-12 if dtype == torch.float64 else 1e-6)
+    expected = torch.linalg.solve(a.double(), b.double())
+    assert result.x.dtype == dtype and result.x.device == b.device
+    assert torch.allclose(result.x.double(), expected, rtol=TOLERANCE[dtype], atol=TOLERANCE[dtype])
+    assert result.converged and result.status == "converged"
+    assert result.residual_norm <= (1e-12 if dtype == torch.float64 else 1e-6)
+
+
+def test_damping_solves_shifted_system():
+    a = spd_matrix(15, torch.float64)
+    b = torch.randn(15, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
+    result = conjugate_gradient(lambda v: a @ v, b, max_iter=50, damping=0.7)
+    expected = torch.linalg.solve(a + 0.7 * torch.eye(15, dtype=torch.float64), b)
+    assert torch.allclose(result.x, expected, atol=1e-9)
+
+
+def test_exact_in_n_steps_and_reports_iterations():
+    a = spd_matrix(6, torch.float64, condition=10.0)
+    b = torch.ones(6, dtype=torch.float64)
+    result = conjugate_gradient(lambda v: a @ v, b, max_iter=100, tol=1e-12)
+    assert result.iterations <= 6 + 1
+    short = conjugate_gradient(lambda v: a @ v, b, max_iter=2, tol=1e-12)
+    assert short.iterations == 2 and not short.converged and short.status == "max_iter"
+    assert short.residual_norm == pytest.approx(float(torch.linalg.norm(b - a @ short.x) / torch.linalg.norm(b)), rel=1e-6)
+
+
+@pytest.mark.parametrize("kind", ["tensor", "callable"])
+def test_diagonal_preconditioner_same_answer_fewer_iterations(kind):
+    g = torch.Generator().manual_seed(3)
+    scales = torch.logspace(0, 4, 40, dtype=torch.float64)
+    a = spd_matrix(40, torch.float64, condition=3.0) * scales.sqrt().outer(scales.sqrt())  # badly scaled
+    b = torch.randn(40, generator=g, dtype=torch.float64)
+    plain = conjugate_gradient(lambda v: a @ v, b, max_iter=400, tol=1e-10)
+    diag = torch.diagonal(a).clone()
+    pre = diag if kind == "tensor" else (lambda r: r / diag)
+    preconditioned = conjugate_gradient(lambda v: a @ v, b, max_iter=400, tol=1e-10, preconditioner=pre)
+    expected = torch.linalg.solve(a, b)
+    assert torch.allclose(preconditioned.x, expected, rtol=1e-6, atol=1e-8)
+    assert preconditioned.iterations < plain.iterations
+
+
+def test_starting_point_is_used():
+    a = spd_matrix(10, torch.float64)
+    b = torch.randn(10, dtype=torch.float64, generator=torch.Generator().manual_seed(4))
+    exact = torch.linalg.solve(a, b)
+    result = conjugate_gradient(lambda v: a @ v, b, x0=exact)
+    assert result.iterations == 0 and result.converged
+
+
+def test_indefinite_operator_is_reported_not_solved():
+    a = torch.diag(torch.tensor([2.0, 1.0, -3.0], dtype=torch.float64))
+    b = torch.tensor([1.0, 1.0, 1.0], dtype=torch.float64)
+    result = conjugate_gradient(lambda v: a @ v, b, max_iter=10)
+    assert result.status == "not_positive_definite" and not result.converged
+    assert "not positive definite" in result.message and "damping" in result.message
+    with pytest.raises(NotPositiveDefiniteError, match="not positive definite"):
+        result.raise_if_not_positive_definite()
+
+
+def test_zero_operator_is_reported():
+    result = conjugate_gradient(lambda v: torch.zeros_like(v), torch.ones(4, dtype=torch.float64))
+    assert result.status == "not_positive_definite" and result.iterations == 0
+
+
+def test_bad_inputs():
+    with pytest.raises(ValueError, match="NaN"):
+        conjugate_gradient(lambda v: v, torch.tensor([1.0, float("nan")]))
+    with pytest.raises(ValueError, match="flat vector"):
+        conjugate_gradient(lambda v: v, torch.ones(2, 2))
+    with pytest.raises(ValueError, match="strictly positive"):
+        conjugate_gradient(lambda v: v, torch.ones(2), preconditioner=torch.tensor([1.0, 0.0]))
+    zero = conjugate_gradient(lambda v: v, torch.zeros(3))
+    assert zero.converged and torch.equal(zero.x, torch.zeros(3))
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_runs_on_cuda():
+    a = spd_matrix(30, torch.float64).cuda()
+    b = torch.randn(30, dtype=torch.float64, device="cuda")
+    result = conjugate_gradient(lambda v: a @ v, b, max_iter=100, tol=1e-12)
+    assert result.x.device.type == "cuda"
+    assert torch.allclose(result.x, torch.linalg.solve(a, b), atol=1e-8)
