@@ -15,6 +15,8 @@ from stable_baselines3.common.policies import ActorCriticPolicy
 from ngrl.fisher import actor_parameters
 from ngrl.params import get_flat_params, unflatten
 
+torch.set_num_threads(1)  # tiny networks: threads only add overhead (and CI has 2 cores)
+
 ACTION_SPACES = {
     "discrete": gym.spaces.Discrete(3),
     "box": gym.spaces.Box(-1.0, 1.0, (2,), dtype=np.float32),

@@ -10,11 +10,15 @@ from gymnasium import spaces
 from torch.nn import functional as F
 from stable_baselines3.common.on_policy_algorithm import OnPolicyAlgorithm
 from stable_baselines3.common.policies import BasePolicy
+from stable_baselines3.common.buffers import RolloutBuffer
+from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.type_aliases import GymEnv, MaybeCallback, Schedule
-from stable_baselines3.common.utils import explained_variance
+from stable_baselines3.common.utils import explained_variance, obs_as_tensor
+from stable_baselines3.common.vec_env import VecEnv
 
 from agents.common import CheckpointMixin, critic_parameters
 from agents.npg.policies import CnnPolicy, MlpPolicy, MultiInputPolicy
+from agents.recurrent import CnnErnnPolicy, MlpErnnPolicy, RecurrentActorCriticPolicy, RecurrentRolloutBuffer, SequenceActor
 from ngrl import (
     backtracking_line_search,
     conjugate_gradient,
@@ -25,6 +29,8 @@ from ngrl import (
     set_flat_params,
 )
 from ngrl.fisher import ESTIMATORS, ActorOutputs, actor_parameters, policy_distribution, policy_fisher, policy_linearization
+from ngrl.linearize import module_function
+from ngrl.recurrent import SequenceLinearization, sequence_fisher
 
 SelfNPG = TypeVar("SelfNPG", bound="NPG")
 
@@ -43,7 +49,14 @@ class NPG(CheckpointMixin, OnPolicyAlgorithm):
     function is fitted with the policy's optimizer (Adam) on GAE returns; its gradients never touch
     the actor's parameters.
 
-    :param policy: the policy model ("MlpPolicy", "CnnPolicy", "MultiInputPolicy" or a class)
+    With a recurrent policy (``"MlpErnnPolicy"``, ``"CnnErnnPolicy"``; the cell is chosen by
+    ``policy_kwargs=dict(cell="ernn" | "lstm" | "gru")``) the rollout is kept as one sequence per
+    environment with the state that entered it; the surrogate, its gradient and the Fisher
+    F = (1/n) Σᵢ Jᵢᵀ H(zᵢ) Jᵢ are taken through the unrolled recurrence from that stored state
+    (``ngrl.recurrent.sequence_fisher``), and the critic is fitted on windows of ``sequence_length`` steps.
+
+    :param policy: the policy model ("MlpPolicy", "CnnPolicy", "MultiInputPolicy", "MlpErnnPolicy",
+        "CnnErnnPolicy" or a class)
     :param env: the environment to learn from (an env id, an env or a VecEnv)
     :param learning_rate: learning rate of the critic's optimizer (constant or schedule)
     :param n_steps: steps per environment per update (the rollout has n_steps * n_envs transitions)
@@ -62,7 +75,10 @@ class NPG(CheckpointMixin, OnPolicyAlgorithm):
     :param line_search_max_iter: most line-search trials
     :param n_critic_updates: epochs of critic minibatch updates per rollout
     :param normalize_advantage: standardise advantages per rollout
-    :param sub_sampling_factor: estimate the Fisher on every k-th state only (cheaper products)
+    :param sub_sampling_factor: estimate the Fisher on every k-th state only (cheaper products);
+        with a recurrent policy on every k-th environment's sequence
+    :param sequence_length: recurrent policies only: steps per sequence in the critic's minibatches
+        (truncated backpropagation through time; must divide n_steps; None: the whole n_steps)
     :param rollout_buffer_class: rollout buffer class (default chosen from the observation space)
     :param rollout_buffer_kwargs: its keyword arguments
     :param stats_window_size: episodes averaged in the rollout logs
@@ -78,6 +94,8 @@ class NPG(CheckpointMixin, OnPolicyAlgorithm):
         "MlpPolicy": MlpPolicy,
         "CnnPolicy": CnnPolicy,
         "MultiInputPolicy": MultiInputPolicy,
+        "MlpErnnPolicy": MlpErnnPolicy,
+        "CnnErnnPolicy": CnnErnnPolicy,
     }
 
     def __init__(
@@ -102,6 +120,7 @@ class NPG(CheckpointMixin, OnPolicyAlgorithm):
         n_critic_updates: int = 10,
         normalize_advantage: bool = True,
         sub_sampling_factor: int = 1,
+        sequence_length: int | None = None,
         rollout_buffer_class: type | None = None,
         rollout_buffer_kwargs: dict[str, Any] | None = None,
         stats_window_size: int = 100,
@@ -143,6 +162,8 @@ class NPG(CheckpointMixin, OnPolicyAlgorithm):
             raise ValueError("target_kl must be positive")
         if sub_sampling_factor < 1:
             raise ValueError("sub_sampling_factor must be >= 1")
+        if sequence_length is not None and (sequence_length < 1 or n_steps % sequence_length):
+            raise ValueError(f"sequence_length={sequence_length} must be a positive divisor of n_steps={n_steps}")
         if self.env is not None:
             buffer_size = self.env.num_envs * n_steps
             if normalize_advantage and buffer_size <= 1:
@@ -161,34 +182,131 @@ class NPG(CheckpointMixin, OnPolicyAlgorithm):
         self.n_critic_updates = n_critic_updates
         self.normalize_advantage = normalize_advantage
         self.sub_sampling_factor = sub_sampling_factor
+        self.sequence_length = sequence_length
         if _init_setup_model:
             self._setup_model()
 
     def _setup_model(self) -> None:
+        self._recurrent = isinstance(self.policy_class, type) and issubclass(self.policy_class, RecurrentActorCriticPolicy)
+        if self._recurrent:
+            if self.rollout_buffer_class is None:
+                self.rollout_buffer_class = RecurrentRolloutBuffer
+            elif not issubclass(self.rollout_buffer_class, RecurrentRolloutBuffer):
+                raise ValueError("a recurrent policy needs a RecurrentRolloutBuffer (leave rollout_buffer_class unset)")
         super()._setup_model()
-        self._actor = ActorOutputs(self.policy)
         self._family = policy_distribution(self.policy)
-        self._actor_params = actor_parameters(self.policy)
-        self._critic_params = critic_parameters(self.policy)
+        if self._recurrent:
+            # the actor as a function of whole sequences (stored start state, resets at episode starts)
+            self._actor = SequenceActor(self.policy)
+            self._actor_params = self.policy.actor_parameters()
+            self._critic_params = self.policy.critic_parameters()
+            self._actor_fn = module_function(self._actor, self._actor_params)
+            self._last_rnn_state = self.policy.initial_state(self.n_envs)
+        else:
+            self._actor = ActorOutputs(self.policy)
+            self._actor_params = actor_parameters(self.policy)
+            self._critic_params = critic_parameters(self.policy)
 
     def _excluded_save_params(self) -> list[str]:
-        return [*super()._excluded_save_params(), "_actor", "_family", "_actor_params", "_critic_params"]
+        # the running recurrent state is not saved: a loaded model starts episodes from zero states
+        return [
+            *super()._excluded_save_params(),
+            "_actor", "_family", "_actor_params", "_critic_params", "_actor_fn", "_last_rnn_state",
+        ]
+
+    def _setup_learn(self, total_timesteps: int, callback: MaybeCallback = None, reset_num_timesteps: bool = True, tb_log_name: str = "run", progress_bar: bool = False):
+        result = super()._setup_learn(total_timesteps, callback, reset_num_timesteps, tb_log_name, progress_bar)
+        if self._recurrent and (reset_num_timesteps or self._last_rnn_state.pi[0].shape[0] != self.n_envs):
+            self._last_rnn_state = self.policy.initial_state(self.n_envs)
+        return result
+
+    def collect_rollouts(self, env: VecEnv, callback: BaseCallback, rollout_buffer: RolloutBuffer, n_rollout_steps: int) -> bool:
+        """SB3's rollout loop; with a recurrent policy the state is carried, reset at episode starts and stored."""
+        if not self._recurrent:
+            return super().collect_rollouts(env, callback, rollout_buffer, n_rollout_steps)
+        assert self._last_obs is not None, "No previous observation was provided"
+        self.policy.set_training_mode(False)
+        rollout_buffer.reset()
+        callback.on_rollout_start()
+        state = self._last_rnn_state
+        n_steps = 0
+        while n_steps < n_rollout_steps:
+            with torch.no_grad():
+                obs_tensor = obs_as_tensor(self._last_obs, self.device)
+                starts = torch.as_tensor(self._last_episode_starts, dtype=torch.float32, device=self.device)
+                actions, values, log_probs, new_state = self.policy(obs_tensor, state, starts)
+            actions = actions.cpu().numpy()
+            clipped_actions = actions
+            if isinstance(self.action_space, spaces.Box):
+                clipped_actions = np.clip(actions, self.action_space.low, self.action_space.high)
+            new_obs, rewards, dones, infos = env.step(clipped_actions)
+            self.num_timesteps += env.num_envs
+            callback.update_locals(locals())
+            if not callback.on_step():
+                return False
+            self._update_info_buffer(infos, dones)
+            n_steps += 1
+            if isinstance(self.action_space, spaces.Discrete):
+                actions = actions.reshape(-1, 1)
+            # Bootstrap truncated episodes with the critic's value of the terminal observation, its
+            # state being the one the critic reached in that env (SB3 issue #633).
+            for idx, done in enumerate(dones):
+                if done and infos[idx].get("terminal_observation") is not None and infos[idx].get("TimeLimit.truncated", False):
+                    terminal_obs = self.policy.obs_to_tensor(infos[idx]["terminal_observation"])[0]
+                    with torch.no_grad():
+                        critic_state = tuple(s[idx : idx + 1] for s in new_state.vf)
+                        no_reset = torch.zeros(1, device=self.device)
+                        terminal_value = self.policy.predict_values(terminal_obs, critic_state, no_reset)[0]
+                    rewards[idx] += self.gamma * terminal_value.item()
+            rollout_buffer.add(self._last_obs, actions, rewards, self._last_episode_starts, values, log_probs, state=state)
+            self._last_obs = new_obs
+            self._last_episode_starts = dones
+            state = new_state
+        self._last_rnn_state = state
+        with torch.no_grad():
+            starts = torch.as_tensor(dones, dtype=torch.float32, device=self.device)
+            values = self.policy.predict_values(obs_as_tensor(new_obs, self.device), state.vf, starts)
+        rollout_buffer.compute_returns_and_advantage(last_values=values, dones=dones)
+        callback.update_locals(locals())
+        callback.on_rollout_end()
+        return True
+
+    def _fisher(self, inputs: Any, actions: torch.Tensor):
+        """The Fisher operator over the actor's parameters, on every ``sub_sampling_factor``-th state (or sequence)."""
+        k = self.sub_sampling_factor
+        if self._recurrent:
+            if k > 1:
+                keep = torch.arange(0, inputs.states.pi[0].shape[0], k, device=actions.device)
+                length = inputs.sequence_length
+                rows = (keep.unsqueeze(1) * length + torch.arange(length, device=actions.device)).flatten()
+                inputs = inputs._replace(
+                    observations=inputs.observations[rows],
+                    episode_starts=inputs.episode_starts[rows],
+                    states=type(inputs.states)(*(tuple(s[keep] for s in part) for part in inputs.states)),
+                )
+                actions = actions[rows]
+            fisher = sequence_fisher(
+                self._actor_fn, self._actor_params, inputs, self._family,
+                estimator=self.fisher_estimator, actions=actions, damping=self.cg_damping,
+            )
+            return fisher, inputs
+        if k > 1:
+            inputs = {key: v[::k] for key, v in inputs.items()} if isinstance(inputs, dict) else inputs[::k]
+            actions = actions[::k]
+        fisher = policy_fisher(self.policy, inputs, estimator=self.fisher_estimator, actions=actions, damping=self.cg_damping)
+        return fisher, inputs
 
     def _natural_direction(self, obs: Any, actions: torch.Tensor, advantages: torch.Tensor, gradient: torch.Tensor):
         """w ≈ F⁻¹g and the operator F it was measured with."""
-        fisher_obs = obs
-        fisher_actions = actions
-        if self.sub_sampling_factor > 1:
-            fisher_obs = {k: v[:: self.sub_sampling_factor] for k, v in obs.items()} if isinstance(obs, dict) else obs[:: self.sub_sampling_factor]
-            fisher_actions = actions[:: self.sub_sampling_factor]
-        fisher = policy_fisher(
-            self.policy, fisher_obs, estimator=self.fisher_estimator, actions=fisher_actions, damping=self.cg_damping
-        )
+        fisher, fisher_obs = self._fisher(obs, actions)
         if self.natural_direction == "cfa":
             # Natural actor-critic: regress Â on ψ = ∇log π(a|s); the least-squares weights are F⁻¹g.
             linearization = getattr(fisher, "linearization", None) if fisher_obs is obs else None
             if linearization is None:
-                linearization = policy_linearization(self.policy, obs)
+                if self._recurrent:
+                    linearization = SequenceLinearization(self._actor_fn, self._actor_params, obs)
+                else:
+                    linearization = policy_linearization(self.policy, obs)
             score = self._family.score_cotangent(linearization.outputs, actions)
             result = fit_compatible_advantage(
                 linearization, score, advantages, ridge=self.cg_damping, cg_max_iter=self.cg_max_steps, cg_tol=self.cg_tol
@@ -204,7 +322,13 @@ class NPG(CheckpointMixin, OnPolicyAlgorithm):
         """One natural-gradient step of the actor on the whole rollout, then the critic's epochs."""
         self.policy.set_training_mode(True)
         self._update_learning_rate(self.policy.optimizer)
-        rollout = next(self.rollout_buffer.get(batch_size=None))
+        if self._recurrent:
+            # the whole rollout: one sequence per env, from the state that entered its first step
+            rollout = next(self.rollout_buffer.get_sequences(batch_size=None))
+            actor_inputs = rollout
+        else:
+            rollout = next(self.rollout_buffer.get(batch_size=None))
+            actor_inputs = rollout.observations
         actions = rollout.actions
         if isinstance(self.action_space, spaces.Discrete):
             actions = actions.long().flatten()
@@ -219,16 +343,16 @@ class NPG(CheckpointMixin, OnPolicyAlgorithm):
 
         params = self._actor_params
         with torch.no_grad():
-            old_outputs = self._actor(rollout.observations)
+            old_outputs = self._actor(actor_inputs)
 
         def surrogate(outputs: torch.Tensor) -> torch.Tensor:
             # L(θ) = E[π_θ(a|s)/π_old(a|s) · Â]; its gradient at θ_old is the policy gradient.
             ratio = torch.exp(self._family.log_prob(outputs, actions) - rollout.old_log_prob)
             return (ratio * advantages).mean()
 
-        objective = surrogate(self._actor(rollout.observations))
+        objective = surrogate(self._actor(actor_inputs))
         gradient = flat_grad(objective, params)
-        result, fisher = self._natural_direction(rollout.observations, actions, advantages, gradient)
+        result, fisher = self._natural_direction(actor_inputs, actions, advantages, gradient)
         direction = result.x
         quadratic = float(torch.dot(direction, fisher.mv(direction)))
         step_size = kl_step_size(quadratic, self.target_kl)  # α = sqrt(2δ / wᵀFw)
@@ -237,13 +361,13 @@ class NPG(CheckpointMixin, OnPolicyAlgorithm):
         @torch.no_grad()
         def evaluate(fraction: float) -> tuple[float, float]:
             set_flat_params(params, theta_old + fraction * step_size * direction)
-            outputs = self._actor(rollout.observations)
+            outputs = self._actor(actor_inputs)
             return float(surrogate(outputs)), float(self._family.kl(old_outputs, outputs).mean())
 
         if self.line_search:
             search = backtracking_line_search(
                 evaluate,
-                baseline_objective=float(objective),
+                baseline_objective=objective.item(),
                 max_kl=self.target_kl,
                 shrink=self.line_search_shrinking_factor,
                 max_iter=self.line_search_max_iter,
@@ -257,8 +381,15 @@ class NPG(CheckpointMixin, OnPolicyAlgorithm):
 
         value_losses = []
         for _ in range(self.n_critic_updates):
-            for batch in self.rollout_buffer.get(self.batch_size):
-                values = self.policy.predict_values(batch.observations).flatten()
+            if self._recurrent:
+                batches = self.rollout_buffer.get_sequences(self.sequence_length, self.batch_size)
+            else:
+                batches = self.rollout_buffer.get(self.batch_size)
+            for batch in batches:
+                if self._recurrent:
+                    values = self.policy.predict_values(batch.observations, batch.states.vf, batch.episode_starts).flatten()
+                else:
+                    values = self.policy.predict_values(batch.observations).flatten()
                 value_loss = F.mse_loss(batch.returns, values)
                 self.policy.optimizer.zero_grad(set_to_none=True)
                 value_loss.backward()
