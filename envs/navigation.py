@@ -24,12 +24,18 @@ class Navigation2DEnv(TaskFamily, gym.Env):
     :param goal_low: lower corner of the goal box
     :param goal_high: upper corner of the goal box
     :param max_step: the largest move per coordinate and step
+    :param render_mode: None or "rgb_array" (a 64×64 top view: the point in white, the goal in red)
     """
 
-    metadata = {"render_modes": []}
+    metadata = {"render_modes": ["rgb_array"], "render_fps": 10}
     task_names = ("goal_x", "goal_y")
 
-    def __init__(self, goal_low: float = -0.5, goal_high: float = 0.5, max_step: float = 0.1) -> None:
+    def __init__(
+        self, goal_low: float = -0.5, goal_high: float = 0.5, max_step: float = 0.1, render_mode: str | None = None
+    ) -> None:
+        if render_mode not in (None, *self.metadata["render_modes"]):
+            raise ValueError(f"render_mode must be None or 'rgb_array', got {render_mode!r}")
+        self.render_mode = render_mode
         if not goal_low < goal_high:
             raise ValueError(f"need goal_low < goal_high, got {goal_low} and {goal_high}")
         if not max_step > 0:
@@ -63,3 +69,13 @@ class Navigation2DEnv(TaskFamily, gym.Env):
         self._position = self._position + move
         distance = float(np.linalg.norm(self._position - self._goal))
         return self._position.astype(np.float32), -distance, False, False, {"distance": distance}
+
+    def render(self):
+        """A 64×64 RGB top view of the square [−1, 1]²: the point white, the goal red."""
+        if self.render_mode != "rgb_array":
+            return None
+        image = np.zeros((64, 64, 3), dtype=np.uint8)
+        for position, colour in ((self._goal, (255, 0, 0)), (self._position, (255, 255, 255))):
+            col, row = np.clip(((np.asarray(position) + 1.0) * 32).astype(int), 0, 63)
+            image[max(63 - row - 1, 0) : 63 - row + 1, max(col - 1, 0) : col + 2] = colour
+        return image

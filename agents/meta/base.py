@@ -1,0 +1,367 @@
+"""What Reptile, FOMAML and iMAML share: the meta-batch, the inner loop, adaptation, logging, checkpoints."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from typing import Any, ClassVar, TypeVar
+
+import numpy as np
+import torch
+from gymnasium import spaces
+from stable_baselines3.common.base_class import BaseAlgorithm
+from stable_baselines3.common.callbacks import BaseCallback
+from stable_baselines3.common.env_util import make_vec_env
+from stable_baselines3.common.logger import Logger
+from stable_baselines3.common.on_policy_algorithm import OnPolicyAlgorithm
+from stable_baselines3.common.policies import ActorCriticCnnPolicy, ActorCriticPolicy, BasePolicy, MultiInputActorCriticPolicy
+from stable_baselines3.common.type_aliases import GymEnv, MaybeCallback, Schedule
+from stable_baselines3.common.vec_env import DummyVecEnv, SubprocVecEnv, VecEnv, VecNormalize
+
+import envs  # noqa: F401  (registers the ngrl/ task families)
+from agents.common import CheckpointMixin
+from agents.meta.rollouts import collect_task_rollouts
+from agents.meta.vpg import VPG
+from agents.npg import NPG
+from envs.task_family import Task, check_task
+from ngrl import get_flat_params, set_flat_params
+from ngrl.fisher import actor_parameters
+
+__all__ = ["INNER_ALGOS", "MetaLearner"]
+
+SelfMetaLearner = TypeVar("SelfMetaLearner", bound="MetaLearner")
+
+# Inner algorithms: any OnPolicyAlgorithm whose ``train()`` makes one update from its rollout buffer.
+INNER_ALGOS: dict[str, type[OnPolicyAlgorithm]] = {"npg": NPG, "vpg": VPG}
+VEC_ENV_CLASSES = {"dummy": DummyVecEnv, "subproc": SubprocVecEnv}
+
+
+class MetaLearner(CheckpointMixin, BaseAlgorithm):
+    """
+    Base class of the meta-learners: the meta-parameters θ are the parameters of ``self.policy``.
+
+    One meta-iteration samples ``meta_batch_size`` tasks, sets one per sub-env of the VecEnv, starts an
+    inner learner per task at θ, runs ``inner_updates`` rollout-and-update rounds in parallel over the
+    tasks, then calls :meth:`_outer_update` (the algorithm). The critic is not meta-differentiated: it
+    moves by θ_v ← θ_v + ``critic_step_size``·meanᵢ(φ_v,ᵢ − θ_v) (a warm start for the inner fits).
+
+    :param policy: the policy model ("MlpPolicy", "CnnPolicy", "MultiInputPolicy" or a class)
+    :param env: a task family: an env id (made with ``meta_batch_size`` sub-envs) or a VecEnv with one
+        sub-env per task whose envs expose ``sample_tasks``/``set_task``/``get_task``
+    :param learning_rate: the outer step (meaning set by the subclass; constant or schedule)
+    :param inner_algo: "npg" (natural policy gradient, default), "vpg" (vanilla policy gradient) or an
+        OnPolicyAlgorithm class whose ``train()`` makes one update from its rollout buffer
+    :param inner_updates: adaptation updates per task (k)
+    :param meta_batch_size: tasks per meta-iteration (= sub-envs)
+    :param n_steps: transitions per task per rollout (use a multiple of the horizon for whole episodes)
+    :param gamma: discount factor
+    :param gae_lambda: λ of generalised advantage estimation
+    :param inner_kwargs: keyword arguments of the inner algorithm (e.g. ``target_kl``, ``step_size``)
+    :param critic_step_size: interpolation factor of the critic's meta-update
+    :param env_kwargs: keyword arguments of the env when it is given by id
+    :param vec_env_class: "dummy" or "subproc" when the env is given by id
+    :param tensorboard_log: tensorboard log folder (None: no tensorboard)
+    :param policy_kwargs: keyword arguments of the policy
+    :param verbose: 0 silent, 1 info, 2 debug
+    :param seed: random seed
+    :param device: "auto", "cpu" or "cuda"
+    :param _init_setup_model: build the networks at construction
+    """
+
+    policy_aliases: ClassVar[dict[str, type[BasePolicy]]] = {
+        "MlpPolicy": ActorCriticPolicy,
+        "CnnPolicy": ActorCriticCnnPolicy,
+        "MultiInputPolicy": MultiInputActorCriticPolicy,
+    }
+    needs_test_rollouts: ClassVar[bool] = True  # the outer update uses fresh rollouts of the adapted policies
+
+    def __init__(
+        self,
+        policy: str | type[BasePolicy],
+        env: GymEnv | str | None,
+        learning_rate: float | Schedule,
+        inner_algo: str | type[OnPolicyAlgorithm] = "npg",
+        inner_updates: int = 1,
+        meta_batch_size: int = 10,
+        n_steps: int = 500,
+        gamma: float = 0.99,
+        gae_lambda: float = 0.95,
+        inner_kwargs: dict[str, Any] | None = None,
+        critic_step_size: float = 1.0,
+        env_kwargs: dict[str, Any] | None = None,
+        vec_env_class: str = "dummy",
+        tensorboard_log: str | None = None,
+        policy_kwargs: dict[str, Any] | None = None,
+        verbose: int = 0,
+        seed: int | None = None,
+        device: torch.device | str = "auto",
+        _init_setup_model: bool = True,
+    ):
+        if isinstance(inner_algo, str) and inner_algo not in INNER_ALGOS:
+            raise ValueError(f"inner_algo must be one of {sorted(INNER_ALGOS)} or an OnPolicyAlgorithm class, got {inner_algo!r}")
+        if not isinstance(inner_algo, str) and not (isinstance(inner_algo, type) and issubclass(inner_algo, OnPolicyAlgorithm)):
+            raise ValueError(f"inner_algo must be a name or an OnPolicyAlgorithm subclass, got {inner_algo!r}")
+        if inner_updates < 0 or meta_batch_size < 1 or n_steps < 2:
+            raise ValueError("need inner_updates >= 0, meta_batch_size >= 1 and n_steps >= 2")
+        if vec_env_class not in VEC_ENV_CLASSES:
+            raise ValueError(f"vec_env_class must be one of {sorted(VEC_ENV_CLASSES)}, got {vec_env_class!r}")
+        if not 0.0 <= critic_step_size <= 1.0:
+            raise ValueError(f"critic_step_size must be in [0, 1], got {critic_step_size}")
+        self.env_id: str | None = None
+        self.env_kwargs = dict(env_kwargs or {})
+        self.vec_env_class = vec_env_class
+        if isinstance(env, str):
+            self.env_id = env
+            env = make_vec_env(env, n_envs=meta_batch_size, env_kwargs=self.env_kwargs, vec_env_cls=VEC_ENV_CLASSES[vec_env_class])
+        elif env is not None and not isinstance(env, VecEnv):
+            raise ValueError("pass the task family as an env id or as a VecEnv with one sub-env per task (meta_batch_size sub-envs)")
+        if isinstance(env, VecEnv):
+            if isinstance(env, VecNormalize):
+                raise ValueError("VecNormalize is not supported by the meta-learners: its running statistics would mix tasks")
+            if _init_setup_model and env.num_envs != meta_batch_size:
+                raise ValueError(f"the VecEnv has {env.num_envs} sub-envs but meta_batch_size={meta_batch_size}: one sub-env per task")
+            if self.env_id is None:
+                spec = env.get_attr("spec", indices=[0])[0]
+                self.env_id = spec.id if spec is not None else None
+            try:
+                env.get_attr("sample_tasks", indices=[0])
+            except AttributeError as error:
+                raise ValueError(
+                    "the env is not a task family (no sample_tasks/set_task/get_task): use e.g. ngrl/Navigation2D-v0, "
+                    "or wrap your env with envs.ParameterTaskFamily(env, {'attribute': (low, high)})"
+                ) from error
+        super().__init__(
+            policy,
+            env,
+            learning_rate=learning_rate,
+            policy_kwargs=policy_kwargs,
+            tensorboard_log=tensorboard_log,
+            verbose=verbose,
+            device=device,
+            support_multi_env=True,
+            seed=seed,
+            supported_action_spaces=(spaces.Box, spaces.Discrete, spaces.MultiDiscrete, spaces.MultiBinary),
+        )
+        self.inner_algo = inner_algo
+        self.inner_updates = inner_updates
+        self.meta_batch_size = meta_batch_size
+        self.n_steps = n_steps
+        self.gamma = gamma
+        self.gae_lambda = gae_lambda
+        self.inner_kwargs = dict(inner_kwargs or {})
+        self.critic_step_size = critic_step_size
+        if _init_setup_model:
+            self._setup_model()
+
+    # --- construction ------------------------------------------------------------------------
+
+    def _setup_model(self) -> None:
+        self._setup_lr_schedule()
+        self.set_random_seed(self.seed)
+        if self.env is not None:
+            self.meta_batch_size = self.env.num_envs
+        self.policy = self.policy_class(self.observation_space, self.action_space, self.lr_schedule, **self.policy_kwargs)
+        self.policy = self.policy.to(self.device)
+        self._actor_params = actor_parameters(self.policy)
+        actor_ids = {id(p) for p in self._actor_params}
+        self._critic_params = [p for p in self.policy.parameters() if id(p) not in actor_ids]
+        self._learners = [self._make_learner() for _ in range(self.meta_batch_size)]
+        self.adapted_params_: list[torch.Tensor] = []  # φᵢ (actor, flat) of the last meta-iteration
+
+    def _excluded_save_params(self) -> list[str]:
+        return [*super()._excluded_save_params(), "_actor_params", "_critic_params", "_learners", "adapted_params_"]
+
+    def _get_torch_save_params(self) -> tuple[list[str], list[str]]:
+        return ["policy", "policy.optimizer"], []
+
+    def _make_learner(self) -> OnPolicyAlgorithm:
+        """An inner learner for one task (one-env rollout buffer of ``n_steps``), its parameters not yet set."""
+        algo = INNER_ALGOS[self.inner_algo] if isinstance(self.inner_algo, str) else self.inner_algo
+        kwargs = {"n_steps": self.n_steps, "gamma": self.gamma, "gae_lambda": self.gae_lambda, **self.inner_kwargs}
+        learner = algo(self.policy_class, None, policy_kwargs=self.policy_kwargs, device=self.device, _init_setup_model=False, **kwargs)
+        # No env of its own: the meta-learner feeds its buffer (the same route SB3's load takes).
+        learner.observation_space, learner.action_space, learner.n_envs = self.observation_space, self.action_space, 1
+        learner._setup_model()
+        learner.set_logger(Logger(folder=None, output_formats=[]))
+        return learner
+
+    def _start_learner(self, learner: OnPolicyAlgorithm) -> None:
+        """φ ← θ (actor and critic) and a fresh critic optimizer."""
+        learner.policy.load_state_dict(self.policy.state_dict())
+        policy = learner.policy
+        policy.optimizer = policy.optimizer_class(policy.parameters(), lr=learner.lr_schedule(1.0), **policy.optimizer_kwargs)
+
+    # --- the inner loop ------------------------------------------------------------------------
+
+    def _after_inner_update(self, learner: OnPolicyAlgorithm, theta: torch.Tensor) -> None:
+        """Hook run after every inner update (iMAML adds its proximal step here)."""
+
+    def _inner_update(self, learners: Sequence[OnPolicyAlgorithm], theta: torch.Tensor, stats: dict[str, list[float]]) -> None:
+        for learner in learners:
+            learner.train()
+            self._after_inner_update(learner, theta)
+            values = learner.logger.name_to_value
+            for key, name in (("train/kl", "inner_kl"), ("train/cg_iterations", "cg_iterations")):
+                if key in values:
+                    stats[name].append(float(values[key]))
+            learner.logger.name_to_value.clear()
+
+    def _adapt_batch(
+        self, env: VecEnv, learners: Sequence[OnPolicyAlgorithm], n_updates: int, on_step=None, final_rollout: bool = True
+    ) -> tuple[list[np.ndarray], dict[str, list[float]], bool]:
+        """k rounds of (rollouts, update) from θ on every task in parallel, then optionally the adapted policies' rollouts.
+
+        :return: the per-task returns of each rollout batch (index k: after k updates), inner statistics, completed
+        """
+        theta = get_flat_params(self._actor_params)
+        for learner in learners:
+            self._start_learner(learner)
+        returns, stats = [], {"inner_kl": [], "cg_iterations": []}
+        for k in range(n_updates + int(final_rollout)):
+            batch_returns, ok = collect_task_rollouts(env, learners, self.n_steps, on_step)
+            if not ok:
+                return returns, stats, False
+            returns.append(batch_returns)
+            if k < n_updates:
+                self._inner_update(learners, theta, stats)
+        return returns, stats, True
+
+    # --- the outer loop ------------------------------------------------------------------------
+
+    def _outer_update(self, learners: Sequence[OnPolicyAlgorithm]) -> dict[str, float]:
+        """The meta-update of θ from the adapted learners (and their last rollouts); returns values to log."""
+        raise NotImplementedError
+
+    def _update_critic(self, learners: Sequence[OnPolicyAlgorithm]) -> None:
+        """θ_v ← θ_v + κ · meanᵢ(φ_v,ᵢ − θ_v) for the parameters outside the actor."""
+        if not self._critic_params or self.critic_step_size == 0:
+            return
+        theta = get_flat_params(self._critic_params)
+        adapted = torch.stack([get_flat_params(self._learner_critic(learner)) for learner in learners])
+        set_flat_params(self._critic_params, theta + self.critic_step_size * (adapted.mean(0) - theta))
+
+    @staticmethod
+    def _learner_critic(learner: OnPolicyAlgorithm) -> list[torch.nn.Parameter]:
+        actor_ids = {id(p) for p in actor_parameters(learner.policy)}
+        return [p for p in learner.policy.parameters() if id(p) not in actor_ids]
+
+    def sample_tasks(self, n: int) -> list[Task]:
+        """n tasks from the family, drawn with the RNG of the first sub-env (seeded by ``seed``)."""
+        return self.env.env_method("sample_tasks", n, indices=[0])[0]
+
+    def _set_tasks(self, env: VecEnv, tasks: Sequence[Task]) -> None:
+        if len(tasks) != env.num_envs:
+            raise ValueError(f"{len(tasks)} tasks for {env.num_envs} sub-envs")
+        for i, task in enumerate(tasks):
+            env.env_method("set_task", task, indices=[i])
+
+    def _meta_iteration(self, callback: BaseCallback) -> bool:
+        tasks = self.sample_tasks(self.meta_batch_size)
+        self._set_tasks(self.env, tasks)
+
+        def on_step(local_vars: dict[str, Any]) -> bool:
+            self.num_timesteps += self.env.num_envs
+            callback.update_locals(local_vars)
+            return callback.on_step()
+
+        callback.on_rollout_start()
+        returns, stats, ok = self._adapt_batch(self.env, self._learners, self.inner_updates, on_step, self.needs_test_rollouts)
+        callback.on_rollout_end()
+        if not ok:
+            return False
+        self.adapted_params_ = [get_flat_params(actor_parameters(learner.policy)) for learner in self._learners]
+        logs = self._outer_update(self._learners)
+        self._update_critic(self._learners)
+        self.logger.record("meta/return_pre", float(np.mean(returns[0])))
+        if self.needs_test_rollouts and self.inner_updates > 0:
+            self.logger.record("meta/return_post", float(np.mean(returns[-1])))
+        for name, values in stats.items():
+            if values:
+                self.logger.record(f"meta/{name}", float(np.mean(values)))
+        for key, value in logs.items():
+            self.logger.record(f"meta/{key}", value)
+        return True
+
+    def learn(
+        self: SelfMetaLearner,
+        total_timesteps: int,
+        callback: MaybeCallback = None,
+        log_interval: int = 1,
+        tb_log_name: str | None = None,
+        reset_num_timesteps: bool = True,
+        progress_bar: bool = False,
+    ) -> SelfMetaLearner:
+        """Meta-train until ``total_timesteps`` environment steps (over all tasks and rollouts) are spent."""
+        total_timesteps, callback = self._setup_learn(
+            total_timesteps, callback, reset_num_timesteps, tb_log_name or type(self).__name__, progress_bar
+        )
+        callback.on_training_start(locals(), globals())
+        iteration = 0
+        while self.num_timesteps < total_timesteps:
+            if not self._meta_iteration(callback):
+                break
+            iteration += 1
+            self._n_updates += 1
+            self._update_current_progress_remaining(self.num_timesteps, total_timesteps)
+            if log_interval is not None and iteration % log_interval == 0:
+                elapsed = max((time.time_ns() - self.start_time) / 1e9, 1e-9)
+                self.logger.record("time/iterations", iteration, exclude="tensorboard")
+                self.logger.record("time/fps", int((self.num_timesteps - self._num_timesteps_at_start) / elapsed))
+                self.logger.record("time/total_timesteps", self.num_timesteps, exclude="tensorboard")
+                self.logger.dump(step=self.num_timesteps)
+        callback.on_training_end()
+        return self
+
+    # --- adaptation to new tasks ----------------------------------------------------------------
+
+    def _task_env(self, n: int, seed: int | None) -> VecEnv:
+        if self.env_id is None:
+            raise ValueError("this meta-learner was built from a VecEnv without a registered id: pass env= explicitly")
+        return make_vec_env(self.env_id, n_envs=n, seed=seed, env_kwargs=self.env_kwargs)
+
+    def adapt(self, task: Task, n_updates: int = 1, env: VecEnv | None = None, seed: int | None = None) -> OnPolicyAlgorithm:
+        """An inner learner started at θ and adapted to ``task`` by ``n_updates`` rollout-and-update rounds.
+
+        The returned agent is an ordinary SB3 agent (``predict``, ``learn``, ``save``) on a one-env
+        VecEnv of the task; the meta-parameters are left untouched.
+
+        :param task: a task of the family (see ``sample_tasks``)
+        :param n_updates: inner updates (0 returns the meta-policy itself as an agent)
+        :param env: a one-env VecEnv of the family to adapt on (default: made from the env id)
+        :param seed: seed of that env
+        """
+        if n_updates < 0:
+            raise ValueError("n_updates must be >= 0")
+        env = env if env is not None else self._task_env(1, seed)
+        if env.num_envs != 1:
+            raise ValueError("adapt needs a VecEnv with a single sub-env")
+        names = tuple(env.env_method("get_task", indices=[0])[0])
+        self._set_tasks(env, [check_task(task, names)])
+        learner = self._make_learner()
+        self._adapt_batch(env, [learner], n_updates, final_rollout=False)
+        if n_updates == 0:
+            self._start_learner(learner)
+        learner.set_env(env)
+        return learner
+
+    def evaluate_adaptation(
+        self, tasks: Sequence[Task], n_updates: Sequence[int] = (0, 1, 3), seed: int | None = None
+    ) -> dict[int, np.ndarray]:
+        """Average return per task after each number of inner updates in ``n_updates``, tasks adapted in parallel.
+
+        The return after k updates is the mean undiscounted return of the episodes in a rollout batch
+        (``n_steps`` transitions) of the policy adapted k times — the measure of MAML-RL.
+        """
+        if not tasks:
+            raise ValueError("evaluate_adaptation needs at least one task")
+        wanted = sorted(set(int(k) for k in n_updates))
+        if wanted[0] < 0:
+            raise ValueError("numbers of updates must be >= 0")
+        env = self._task_env(len(tasks), seed)
+        try:
+            self._set_tasks(env, list(tasks))
+            learners = [self._make_learner() for _ in tasks]
+            returns, _, _ = self._adapt_batch(env, learners, wanted[-1], final_rollout=True)
+        finally:
+            env.close()
+        return {k: returns[k] for k in wanted}

@@ -1,0 +1,150 @@
+"""Vanilla policy gradient: one plain gradient-ascent step of the actor per rollout, a GAE critic."""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+from gymnasium import spaces
+from torch.nn import functional as F
+from stable_baselines3.common.on_policy_algorithm import OnPolicyAlgorithm
+from stable_baselines3.common.policies import ActorCriticCnnPolicy, ActorCriticPolicy, BasePolicy, MultiInputActorCriticPolicy
+from stable_baselines3.common.type_aliases import GymEnv, Schedule
+
+from agents.common import CheckpointMixin, critic_parameters
+from ngrl import flat_grad, get_flat_params, set_flat_params
+from ngrl.fisher import ActorOutputs, actor_parameters, policy_distribution
+
+__all__ = ["VPG"]
+
+
+class VPG(CheckpointMixin, OnPolicyAlgorithm):
+    """
+    Vanilla policy gradient (Williams 1992, REINFORCE; Sutton et al. 2000, with a learned baseline):
+    θ ← θ + α ĝ with ĝ = (1/N) Σₜ ∇_θ log π_θ(aₜ|sₜ) Âₜ (GAE advantages). The inner-loop step of
+    MAML-RL (Finn, Abbeel & Levine 2017). ĝ is taken as the gradient of the surrogate
+    E[π_θ/π_old · Â] at θ_old, which equals it. The critic is fitted with the policy's optimizer
+    (Adam, ``learning_rate``); its gradients never touch the actor.
+
+    :param policy: the policy model ("MlpPolicy", "CnnPolicy", "MultiInputPolicy" or a class)
+    :param env: the environment to learn from (an env id, an env or a VecEnv)
+    :param learning_rate: learning rate of the critic's optimizer
+    :param step_size: α, the actor's gradient-ascent step
+    :param n_steps: steps per environment per update
+    :param batch_size: minibatch size of the critic updates
+    :param gamma: discount factor
+    :param gae_lambda: λ of generalised advantage estimation
+    :param n_critic_updates: epochs of critic minibatch updates per rollout
+    :param normalize_advantage: standardise advantages per rollout
+    :param stats_window_size: episodes averaged in the rollout logs
+    :param tensorboard_log: tensorboard log folder (None: no tensorboard)
+    :param policy_kwargs: keyword arguments of the policy
+    :param verbose: 0 silent, 1 info, 2 debug
+    :param seed: random seed
+    :param device: "auto", "cpu" or "cuda"
+    :param _init_setup_model: build the networks at construction
+    """
+
+    policy_aliases: ClassVar[dict[str, type[BasePolicy]]] = {
+        "MlpPolicy": ActorCriticPolicy,
+        "CnnPolicy": ActorCriticCnnPolicy,
+        "MultiInputPolicy": MultiInputActorCriticPolicy,
+    }
+
+    def __init__(
+        self,
+        policy: str | type[BasePolicy],
+        env: GymEnv | str | None,
+        learning_rate: float | Schedule = 1e-3,
+        step_size: float = 0.1,
+        n_steps: int = 2048,
+        batch_size: int = 128,
+        gamma: float = 0.99,
+        gae_lambda: float = 0.95,
+        n_critic_updates: int = 10,
+        normalize_advantage: bool = True,
+        stats_window_size: int = 100,
+        tensorboard_log: str | None = None,
+        policy_kwargs: dict[str, Any] | None = None,
+        verbose: int = 0,
+        seed: int | None = None,
+        device: torch.device | str = "auto",
+        _init_setup_model: bool = True,
+    ):
+        super().__init__(
+            policy,
+            env,
+            learning_rate=learning_rate,
+            n_steps=n_steps,
+            gamma=gamma,
+            gae_lambda=gae_lambda,
+            ent_coef=0.0,  # unused: no entropy bonus in the plain policy gradient
+            vf_coef=0.0,  # unused: the critic has its own loss
+            max_grad_norm=0.0,  # unused: the step is α ĝ as it is
+            use_sde=False,
+            sde_sample_freq=-1,
+            stats_window_size=stats_window_size,
+            tensorboard_log=tensorboard_log,
+            policy_kwargs=policy_kwargs,
+            verbose=verbose,
+            device=device,
+            seed=seed,
+            _init_setup_model=False,
+            supported_action_spaces=(spaces.Box, spaces.Discrete, spaces.MultiDiscrete, spaces.MultiBinary),
+        )
+        if not step_size > 0:
+            raise ValueError(f"step_size must be positive, got {step_size}")
+        self.step_size = step_size
+        self.batch_size = batch_size
+        self.n_critic_updates = n_critic_updates
+        self.normalize_advantage = normalize_advantage
+        if _init_setup_model:
+            self._setup_model()
+
+    def _setup_model(self) -> None:
+        super()._setup_model()
+        self._actor = ActorOutputs(self.policy)
+        self._family = policy_distribution(self.policy)
+        self._actor_params = actor_parameters(self.policy)
+        self._critic_params = critic_parameters(self.policy)
+
+    def _excluded_save_params(self) -> list[str]:
+        return [*super()._excluded_save_params(), "_actor", "_family", "_actor_params", "_critic_params"]
+
+    def train(self) -> None:
+        """θ ← θ + α ĝ on the whole rollout, then the critic's epochs."""
+        self.policy.set_training_mode(True)
+        self._update_learning_rate(self.policy.optimizer)
+        rollout = next(self.rollout_buffer.get(batch_size=None))
+        actions = rollout.actions.long().flatten() if isinstance(self.action_space, spaces.Discrete) else rollout.actions
+        advantages = rollout.advantages
+        if not torch.isfinite(advantages).all():
+            raise ValueError("NaN or inf in the advantages: check the env's rewards, or lower learning_rate of the critic")
+        if self.normalize_advantage and len(advantages) > 1:
+            advantages = (advantages - advantages.mean()) / (advantages.std() + 1e-8)
+
+        params = self._actor_params
+        outputs = self._actor(rollout.observations)
+        ratio = torch.exp(self._family.log_prob(outputs, actions) - rollout.old_log_prob)
+        gradient = flat_grad((ratio * advantages).mean(), params)  # ĝ = mean ∇log π · Â at θ_old
+        set_flat_params(params, get_flat_params(params) + self.step_size * gradient)
+        with torch.no_grad():
+            kl = float(self._family.kl(outputs.detach(), self._actor(rollout.observations)).mean())
+
+        value_losses = []
+        for _ in range(self.n_critic_updates):
+            for batch in self.rollout_buffer.get(self.batch_size):
+                value_loss = F.mse_loss(batch.returns, self.policy.predict_values(batch.observations).flatten())
+                self.policy.optimizer.zero_grad(set_to_none=True)
+                value_loss.backward()
+                for p in params:  # the critic must not move the actor
+                    p.grad = None
+                self.policy.optimizer.step()
+                value_losses.append(value_loss.item())
+
+        self._n_updates += 1
+        self.logger.record("train/kl", kl)
+        self.logger.record("train/policy_gradient_norm", float(gradient.norm()))
+        self.logger.record("train/value_loss", float(np.mean(value_losses)) if value_losses else 0.0)
+        self.logger.record("train/n_updates", self._n_updates, exclude="tensorboard")

@@ -1,0 +1,333 @@
+"""Meta-learners: update formulas on a tiny model, adapt, memory of iMAML, smoke runs, save/load, errors."""
+
+from __future__ import annotations
+
+import pathlib
+
+import numpy as np
+import pytest
+import torch
+from stable_baselines3.common.callbacks import BaseCallback
+from stable_baselines3.common.env_util import make_vec_env
+from stable_baselines3.common.utils import set_random_seed
+
+from agents import FOMAML, IMAML, CheckpointError, Reptile
+from agents.meta import VPG
+from agents.meta.maml import maml_meta_gradient
+from agents.meta.memory import SavedTensorMeter
+from agents.npg import NPG
+from ngrl import get_flat_params
+from ngrl.fisher import actor_parameters
+
+NAV = "ngrl/Navigation2D-v0"
+CARTPOLE = "ngrl/CartPoleDynamics-v0"
+TINY = dict(policy_kwargs=dict(net_arch=[8]), n_steps=32, meta_batch_size=2, seed=0)
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def _split(model):
+    actor = get_flat_params(model._actor_params)
+    critic = get_flat_params(model._critic_params)
+    return actor, critic
+
+
+def _learner_split(learner):
+    actor = actor_parameters(learner.policy)
+    ids = {id(p) for p in actor}
+    return get_flat_params(actor), get_flat_params([p for p in learner.policy.parameters() if id(p) not in ids])
+
+
+@pytest.mark.parametrize("inner_algo", ["npg", "vpg"])
+def test_reptile_update_formula(inner_algo):
+    """θ ← θ + ε·meanᵢ(φᵢ − θ) on the actor; θ_v ← θ_v + κ·meanᵢ(φ_v,ᵢ − θ_v) on the critic."""
+    eps, kappa = 0.3, 0.5
+    model = Reptile("MlpPolicy", NAV, learning_rate=eps, inner_algo=inner_algo, inner_updates=2, critic_step_size=kappa, **TINY)
+    theta, theta_v = _split(model)
+    model.learn(2 * 2 * 32)  # exactly one meta-iteration: 2 tasks × 2 rollouts × 32 steps
+    assert model.num_timesteps == 128 and model._n_updates == 1
+    phis, phis_v = zip(*(_learner_split(learner) for learner in model._learners))
+    assert all((phi - theta).norm() > 1e-4 for phi in phis)  # the inner loop moved
+    assert (phis[0] - phis[1]).norm() > 1e-5  # to different places for different tasks
+    new, new_v = _split(model)
+    torch.testing.assert_close(new, theta + eps * (torch.stack(phis).mean(0) - theta), rtol=0, atol=1e-6)
+    torch.testing.assert_close(new_v, theta_v + kappa * (torch.stack(phis_v).mean(0) - theta_v), rtol=0, atol=1e-6)
+
+
+def _independent_policy_gradient(learner):
+    """−mean(Â ∇log π(a|s)) at φ by SB3's own evaluate_actions on the learner's (test) rollout."""
+    rollout = next(learner.rollout_buffer.get(batch_size=None))
+    policy = learner.policy
+    actions = rollout.actions.long().flatten() if rollout.actions.shape[-1] == 1 and policy.action_space.shape == () else rollout.actions
+    _, log_prob, _ = policy.evaluate_actions(rollout.observations, actions)
+    torch.testing.assert_close(log_prob.detach(), rollout.old_log_prob, rtol=0, atol=1e-5)  # the rollout is φ's own
+    adv = rollout.advantages
+    adv = (adv - adv.mean()) / (adv.std() + 1e-8)
+    grads = torch.autograd.grad(-(adv * log_prob).mean(), actor_parameters(policy))
+    return torch.cat([g.reshape(-1) for g in grads])
+
+
+@pytest.mark.parametrize("env_id", [NAV, CARTPOLE])
+def test_fomaml_update_formula(env_id):
+    """θ ← θ − β · meanᵢ ∇L_test(φᵢ) with the gradient at the adapted point on fresh rollouts (SGD meta optimizer)."""
+    beta = 0.05
+    model = FOMAML("MlpPolicy", env_id, learning_rate=beta, inner_algo="vpg", inner_updates=1,
+                   meta_optimizer_class=torch.optim.SGD, **TINY)
+    theta, _ = _split(model)
+    model.learn(2 * 2 * 32)
+    gradients = torch.stack([_independent_policy_gradient(learner) for learner in model._learners])
+    new, _ = _split(model)
+    torch.testing.assert_close(new, theta - beta * gradients.mean(0), rtol=0, atol=1e-6)
+    assert gradients.norm() > 1e-3
+
+
+def _dense_inner_curvature(learner, batch, curvature):
+    """C at φ as a dense matrix by torch.autograd.functional.hessian (no ngrl operator involved)."""
+    policy = learner.policy
+    params = actor_parameters(policy)
+    flat0 = get_flat_params(params).double()
+    obs, actions = batch.observations, batch.actions
+    adv = (batch.advantages - batch.advantages.mean()) / (batch.advantages.std() + 1e-8)
+    with torch.no_grad():
+        old_dist = policy.get_distribution(obs).distribution
+        old = torch.distributions.Normal(old_dist.loc.detach().double(), old_dist.scale.detach().double())
+
+    def distribution(flat):
+        # policy: 2 -> Linear(8) tanh -> Linear(2) mean; log_std; unpacked in the order of actor_parameters
+        w1, b1, w2, b2, log_std = torch.split(flat, [16, 8, 16, 2, 2])
+        h = torch.tanh(obs.double() @ w1.view(8, 2).T + b1)
+        return torch.distributions.Normal(h @ w2.view(2, 8).T + b2, log_std.exp().expand(len(obs), 2))
+
+    if curvature == "hessian":
+        def f(flat):
+            log_prob = distribution(flat).log_prob(actions.double()).sum(-1)
+            return -(torch.exp(log_prob - batch.old_log_prob.double()) * adv.double()).mean()
+    else:  # Fisher = Hessian of the mean KL(π_φ ‖ π_·) at φ
+        def f(flat):
+            return torch.distributions.kl_divergence(old, distribution(flat)).sum(-1).mean()
+    return torch.autograd.functional.hessian(f, flat0)
+
+
+@pytest.mark.parametrize("curvature", ["hessian", "fisher"])
+def test_imaml_meta_gradient_is_the_implicit_solution(curvature, monkeypatch):
+    """gᵢ = (I + C/λ)⁻¹ ∇L_test(φᵢ) against a dense solve with C from autograd; θ ← θ − β·meanᵢ gᵢ."""
+    lam, beta = 2.0, 0.05
+    model = IMAML("MlpPolicy", NAV, learning_rate=beta, inner_algo="vpg", inner_updates=2, lam=lam, curvature=curvature,
+                  cg_max_steps=200, cg_tol=1e-9, meta_optimizer_class=torch.optim.SGD, **TINY)
+    params = actor_parameters(model.policy)
+    assert [p.numel() for p in params] == [16, 8, 16, 2, 2]  # the layout _dense_inner_curvature assumes
+    captured = []
+    original = IMAML._task_meta_gradient
+
+    def spy(self, learner, test_gradient):
+        batch = self._inner_batches[id(learner)]
+        out = original(self, learner, test_gradient)
+        captured.append((learner, batch, test_gradient, out))
+        return out
+
+    monkeypatch.setattr(IMAML, "_task_meta_gradient", spy)
+    theta, _ = _split(model)
+    model.learn(2 * 3 * 32)
+    assert len(captured) == 2
+    for learner, batch, test_gradient, out in captured:
+        torch.testing.assert_close(test_gradient, _independent_policy_gradient(learner), rtol=0, atol=1e-6)
+        dense = _dense_inner_curvature(learner, batch, curvature)
+        n = dense.shape[0]
+        reference = torch.linalg.solve(torch.eye(n, dtype=torch.float64) + dense / lam, test_gradient.double())
+        torch.testing.assert_close(out.double(), reference, rtol=1e-3, atol=1e-5)
+        assert (out - test_gradient).norm() > 1e-3 * test_gradient.norm()  # the curvature mattered
+    new, _ = _split(model)
+    torch.testing.assert_close(new, theta - beta * torch.stack([c[3] for c in captured]).mean(0), rtol=0, atol=1e-6)
+
+
+def test_imaml_proximal_step_pulls_towards_theta():
+    """With inner_algo='vpg' each inner update is θ + (φ − α∇L̂ − θ)/(1 + ηλ): a proximal-gradient step."""
+    lam, eta, alpha = 1.5, 0.2, 0.1
+    model = IMAML("MlpPolicy", NAV, inner_algo="vpg", inner_updates=1, lam=lam, proximal_step=eta,
+                  inner_kwargs={"step_size": alpha}, **TINY)
+    theta, _ = _split(model)
+    learner = model._make_learner()
+    env = make_vec_env(NAV, n_envs=1, seed=0)
+    env.env_method("set_task", {"goal_x": 0.3, "goal_y": 0.2})
+    model._start_learner(learner)
+    from agents.meta.rollouts import collect_task_rollouts
+
+    collect_task_rollouts(env, [learner], 32)
+    gradient = _independent_policy_gradient(learner)  # at φ = θ: ∇L̂(θ)
+    model._inner_update([learner], theta, {"inner_kl": [], "cg_iterations": []})
+    expected = theta + (theta - alpha * gradient - theta) / (1 + eta * lam)
+    torch.testing.assert_close(_learner_split(learner)[0], expected, rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("cls", [Reptile, FOMAML, IMAML])
+def test_adapt_leaves_meta_parameters_and_predicts(cls):
+    model = cls("MlpPolicy", NAV, inner_updates=1, **TINY)
+    before = [p.detach().clone() for p in model.policy.parameters()]
+    task = model.sample_tasks(1)[0]
+    agent = model.adapt(task, n_updates=2, seed=0)
+    assert isinstance(agent, NPG)
+    for p, q in zip(before, model.policy.parameters()):
+        assert torch.equal(p, q)
+    obs = np.zeros((3, 2), dtype=np.float32)
+    action, _ = agent.predict(obs, deterministic=True)
+    assert action.shape == (3, 2)
+    assert agent.env.env_method("get_task")[0] == pytest.approx(task)
+    moved = get_flat_params(actor_parameters(agent.policy)) - get_flat_params(model._actor_params)
+    assert moved.norm() > 1e-4
+    unadapted = model.adapt(task, n_updates=0)
+    np.testing.assert_array_equal(unadapted.predict(obs, deterministic=True)[0], model.predict(obs, deterministic=True)[0])
+    with pytest.raises(ValueError, match="missing"):
+        model.adapt({"goal_x": 0.1})
+
+
+def test_evaluate_adaptation_shapes_and_determinism():
+    model = Reptile("MlpPolicy", NAV, inner_updates=1, **TINY)
+    tasks = [{"goal_x": 0.4, "goal_y": -0.4}, {"goal_x": -0.2, "goal_y": 0.1}, {"goal_x": 0.0, "goal_y": 0.5}]
+    set_random_seed(1)  # torch sampling and numpy's shuffling of the rollout buffer
+    first = model.evaluate_adaptation(tasks, n_updates=[0, 2], seed=3)
+    set_random_seed(1)
+    second = model.evaluate_adaptation(tasks, n_updates=[0, 2], seed=3)
+    assert sorted(first) == [0, 2] and first[0].shape == (3,)
+    for k in first:
+        np.testing.assert_array_equal(first[k], second[k])
+    assert np.all(first[0] < 0)
+
+
+def _peak_bytes(model) -> int:
+    class Null(BaseCallback):
+        def _on_step(self) -> bool:
+            return True
+
+    callback = Null()
+    callback.init_callback(model)
+    model._setup_learn(10**9, callback)
+    with SavedTensorMeter() as meter:
+        model._meta_iteration(callback)
+    return meter.peak_bytes
+
+
+def test_imaml_meta_gradient_memory_is_flat_in_inner_steps():
+    """Peak bytes saved by autograd for one iMAML meta-iteration: the same for 1 and 20 inner steps; MAML's grows."""
+    peaks = {}
+    for k in (1, 20):
+        model = IMAML("MlpPolicy", NAV, inner_algo="vpg", inner_updates=k, curvature="hessian", lam=5.0,
+                      policy_kwargs=dict(net_arch=[8]), n_steps=16, meta_batch_size=1, seed=0)
+        peaks[k] = _peak_bytes(model)
+    assert peaks[1] > 0
+    assert peaks[20] <= 1.05 * peaks[1], peaks
+
+    model = FOMAML("MlpPolicy", NAV, inner_algo="vpg", inner_updates=0, policy_kwargs=dict(net_arch=[8]), n_steps=16,
+                   meta_batch_size=1, seed=0)
+    learner = model._learners[0]
+    model._start_learner(learner)
+    env = make_vec_env(NAV, n_envs=1, seed=0)
+    from agents.meta.rollouts import collect_task_rollouts
+
+    collect_task_rollouts(env, [learner], 16)
+    batch = next(learner.rollout_buffer.get(batch_size=None))
+    maml = {}
+    for k in (1, 20):
+        with SavedTensorMeter() as meter:
+            gradient = maml_meta_gradient(learner.policy, [batch] * k, batch, 0.1)
+        maml[k] = meter.peak_bytes
+    assert maml[20] > 5 * maml[1], maml
+    # and with k = 1 its meta-gradient is the first-order one plus a second-order correction
+    assert gradient.shape == get_flat_params(actor_parameters(learner.policy)).shape
+
+
+def test_maml_reference_matches_first_order_when_step_is_zero():
+    model = FOMAML("MlpPolicy", NAV, inner_algo="vpg", inner_updates=0, **TINY)
+    learner = model._learners[0]
+    model._start_learner(learner)
+    from agents.meta.rollouts import collect_task_rollouts
+
+    collect_task_rollouts(make_vec_env(NAV, n_envs=2, seed=0), model._learners, 32)
+    batch = next(learner.rollout_buffer.get(batch_size=None))
+    torch.testing.assert_close(maml_meta_gradient(learner.policy, [batch, batch], batch, 0.0), _independent_policy_gradient(learner))
+
+
+@pytest.mark.parametrize("cls", [Reptile, FOMAML, IMAML])
+@pytest.mark.parametrize("env_id,inner", [(NAV, "npg"), (CARTPOLE, "vpg")])
+def test_smoke_save_load_identical_predictions(cls, env_id, inner, tmp_path):
+    model = cls("MlpPolicy", env_id, inner_algo=inner, inner_updates=1, **TINY)
+    model.learn(256)
+    assert model.num_timesteps >= 256
+    obs = np.stack([model.observation_space.sample() for _ in range(5)])
+    path = tmp_path / "meta"
+    model.save(path)
+    loaded = cls.load(path)
+    np.testing.assert_array_equal(model.predict(obs, deterministic=True)[0], loaded.predict(obs, deterministic=True)[0])
+    assert loaded.inner_algo == inner and loaded.env_id == env_id and loaded.meta_batch_size == 2
+    loaded.set_env(make_vec_env(env_id, n_envs=2))
+    loaded.learn(128, reset_num_timesteps=False)  # training goes on after loading
+    agent = loaded.adapt(loaded.sample_tasks(1)[0], n_updates=1)
+    assert agent.predict(obs)[0].shape[0] == 5
+    if cls is not Reptile:
+        wrong = Reptile if cls is FOMAML else FOMAML
+        with pytest.raises(CheckpointError, match=f"saved by {cls.__name__}"):
+            wrong.load(path)
+
+
+def test_same_seed_same_meta_parameters():
+    runs = []
+    for _ in range(2):
+        model = FOMAML("MlpPolicy", NAV, inner_updates=1, **TINY)
+        model.learn(256)
+        runs.append(get_flat_params(list(model.policy.parameters())))
+    torch.testing.assert_close(runs[0], runs[1], rtol=0, atol=0)
+    other = FOMAML("MlpPolicy", NAV, inner_updates=1, **{**TINY, "seed": 1})
+    other.learn(256)
+    assert not torch.equal(runs[0], get_flat_params(list(other.policy.parameters())))
+
+
+def test_callback_stops_and_tensorboard_logs(tmp_path):
+    class StopAt(BaseCallback):
+        def _on_step(self) -> bool:
+            return self.n_calls < 40
+
+    model = IMAML("MlpPolicy", NAV, inner_updates=1, tensorboard_log=str(tmp_path), **TINY)
+    model.learn(10_000, callback=StopAt())
+    assert model.num_timesteps == 40 * 2  # 40 vectorised steps of 2 tasks, then stopped
+    model = IMAML("MlpPolicy", NAV, inner_updates=1, tensorboard_log=str(tmp_path), **TINY)
+    model.learn(128)
+    events = list(pathlib.Path(tmp_path).rglob("events.out.tfevents*"))
+    content = b"".join(p.read_bytes() for p in events)
+    for tag in (b"meta/return_pre", b"meta/return_post", b"meta/inner_kl", b"meta/cg_iterations", b"meta/implicit_cg_iterations"):
+        assert tag in content, tag
+
+
+def test_vpg_step_is_the_policy_gradient():
+    """VPG's actor update is exactly θ + α·mean(Â ∇log π) (computed independently with evaluate_actions)."""
+    model = VPG("MlpPolicy", "Pendulum-v1", step_size=0.2, n_steps=64, policy_kwargs=dict(net_arch=[8]), seed=0)
+    _, callback = model._setup_learn(64, None)
+    model.collect_rollouts(model.env, callback, model.rollout_buffer, 64)
+    theta = get_flat_params(actor_parameters(model.policy))
+    gradient = -_independent_policy_gradient(model)
+    critic_before = _learner_split(model)[1]
+    model.train()
+    torch.testing.assert_close(get_flat_params(actor_parameters(model.policy)), theta + 0.2 * gradient, rtol=0, atol=1e-6)
+    assert (_learner_split(model)[1] - critic_before).norm() > 0  # the critic was fitted
+
+
+def test_bad_input_is_explained():
+    with pytest.raises(ValueError, match="not a task family"):
+        Reptile("MlpPolicy", "CartPole-v1", **TINY)
+    with pytest.raises(ValueError, match="inner_algo"):
+        Reptile("MlpPolicy", NAV, inner_algo="ppo", **TINY)
+    with pytest.raises(ValueError, match="curvature"):
+        IMAML("MlpPolicy", NAV, curvature="gauss", **TINY)
+    with pytest.raises(ValueError, match="one sub-env per task"):
+        Reptile("MlpPolicy", make_vec_env(NAV, n_envs=3), **TINY)
+    with pytest.raises(ValueError, match="lam"):
+        IMAML("MlpPolicy", NAV, lam=0.0, **TINY)
+    model = Reptile("MlpPolicy", NAV, **TINY)
+    with pytest.raises(ValueError, match="at least one task"):
+        model.evaluate_adaptation([])
+    with pytest.raises(CheckpointError, match="no checkpoint"):
+        Reptile.load("/nonexistent/model.zip")
