@@ -3,6 +3,7 @@
 from agents.common import CheckpointError
 from agents.ngdqn import NGDQN
 from agents.npg import NPG
+from agents.meta import FOMAML, IMAML, Reptile  # noqa: F401  (meta-learners; train.py meta-train)
 
 # The registry the command line reads: algorithm name -> class.
 ALGOS = {"npg": NPG}
