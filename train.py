@@ -33,6 +33,7 @@ from stable_baselines3.common.vec_env import VecEnv, VecNormalize
 
 import envs  # noqa: F401  (registers the ngrl/ environment ids)
 from agents import ALGOS, CheckpointError
+from agents.meta.cli import add_meta_subcommands
 
 CONFIG_DIR = pathlib.Path(__file__).resolve().parent / "configs"
 RUN_KEYS = ("n_timesteps", "n_envs", "policy", "normalize", "env_wrapper", "frame_stack")
@@ -326,6 +327,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate_cmd.add_argument("--n-episodes", type=int, default=10, help="episodes to evaluate (default 10)")
     evaluate_cmd.add_argument("--stochastic", action="store_true", help="sample actions instead of the deterministic policy")
     evaluate_cmd.set_defaults(handler=cmd_eval)
+    add_meta_subcommands(commands, load_hyperparams, parse_key_values)  # meta-train, adapt
     return parser
 
 
