@@ -241,6 +241,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         if key in params:
             raise UsageError(f"{key} is not supported by this command line yet; remove it from the config")
     check_constructor_args(algo_cls, params, args.algo)
+    if policy not in algo_cls.policy_aliases:
+        raise UsageError(f"unknown policy {policy!r} for {args.algo}; choose one of {', '.join(algo_cls.policy_aliases)}")
 
     venv = wrap_normalize(make_env(args.env, n_envs, args.seed, env_kwargs), normalize)
     try:
@@ -249,8 +251,6 @@ def cmd_train(args: argparse.Namespace) -> int:
         )
     except AssertionError as error:  # SB3 asserts the action space is supported
         raise UsageError(f"{args.algo} cannot train on {args.env}: {error}") from error
-    except KeyError as error:
-        raise UsageError(f"unknown policy {policy!r} for {args.algo}; choose one of {', '.join(algo_cls.policy_aliases)}") from error
 
     run_dir = pathlib.Path(args.log_folder) / args.algo
     run_dir.mkdir(parents=True, exist_ok=True)
