@@ -324,6 +324,10 @@ def test_bad_input_is_explained():
         IMAML("MlpPolicy", NAV, curvature="gauss", **TINY)
     with pytest.raises(ValueError, match="one sub-env per task"):
         Reptile("MlpPolicy", make_vec_env(NAV, n_envs=3), **TINY)
+    with pytest.raises(ValueError, match="target_kl.*not arguments of VPG"):
+        FOMAML("MlpPolicy", NAV, inner_algo="vpg", inner_kwargs={"target_kl": 0.1}, **TINY)
+    with pytest.raises(ValueError, match="set by the meta-learner"):
+        FOMAML("MlpPolicy", NAV, inner_kwargs={"n_steps": 10}, **TINY)
     with pytest.raises(ValueError, match="lam"):
         IMAML("MlpPolicy", NAV, lam=0.0, **TINY)
     model = Reptile("MlpPolicy", NAV, **TINY)
@@ -331,3 +335,33 @@ def test_bad_input_is_explained():
         model.evaluate_adaptation([])
     with pytest.raises(CheckpointError, match="no checkpoint"):
         Reptile.load("/nonexistent/model.zip")
+
+
+def test_cli_meta_train_and_adapt(tmp_path):
+    """train.py meta-train writes a checkpoint; train.py adapt prints returns before/after adaptation; errors exit 2."""
+    import json
+    import subprocess
+    import sys
+
+    root = pathlib.Path(__file__).resolve().parents[1]
+
+    def run(*args):
+        return subprocess.run([sys.executable, str(root / "train.py"), *args], capture_output=True, text=True, cwd=tmp_path, timeout=300)
+
+    out = run("meta-train", "--algo", "fomaml", "--env", NAV, "--n-timesteps", "200", "--log-folder", str(tmp_path / "logs"),
+              "--hyperparams", "meta_batch_size=2", "n_steps=50", "policy_kwargs=dict(net_arch=[8])", "inner_algo='vpg'", "inner_kwargs={}")
+    assert out.returncode == 0, out.stderr
+    model = tmp_path / "logs" / "fomaml" / "ngrl-Navigation2D-v0_1" / "ngrl-Navigation2D-v0.zip"
+    assert model.is_file() and (model.parent / "config.yml").is_file()
+    out = run("adapt", "--model", str(model), "--n-tasks", "3", "--n-updates", "0", "1", "--output", str(tmp_path / "a.json"))
+    assert out.returncode == 0, out.stderr
+    assert "| 0 |" in out.stdout and "| 1 |" in out.stdout
+    saved = json.loads((tmp_path / "a.json").read_text())
+    assert len(saved["tasks"]) == 3 and len(saved["returns"]["1"]) == 3
+
+    bad = run("meta-train", "--algo", "fomaml", "--env", NAV, "--hyperparams", "inner_updatez=2")
+    assert bad.returncode == 2 and "unknown hyperparameter(s) inner_updatez" in bad.stderr
+    bad = run("meta-train", "--algo", "fomaml", "--env", "CartPole-v1", "--n-timesteps", "10")
+    assert bad.returncode == 2 and "not a task family" in bad.stderr
+    bad = run("adapt", "--model", str(tmp_path / "missing.zip"))
+    assert bad.returncode == 2 and "no checkpoint" in bad.stderr

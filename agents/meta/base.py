@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import time
 from collections.abc import Sequence
 from typing import Any, ClassVar, TypeVar
@@ -105,6 +106,17 @@ class MetaLearner(CheckpointMixin, BaseAlgorithm):
             raise ValueError("need inner_updates >= 0, meta_batch_size >= 1 and n_steps >= 2")
         if vec_env_class not in VEC_ENV_CLASSES:
             raise ValueError(f"vec_env_class must be one of {sorted(VEC_ENV_CLASSES)}, got {vec_env_class!r}")
+        algo = INNER_ALGOS[inner_algo] if isinstance(inner_algo, str) else inner_algo
+        accepted = set(inspect.signature(algo.__init__).parameters) - {"self", "policy", "env", "_init_setup_model"}
+        unknown = sorted(set(inner_kwargs or {}) - accepted)
+        if unknown:
+            raise ValueError(
+                f"inner_kwargs {unknown} are not arguments of {algo.__name__} (the inner algorithm); "
+                f"it accepts {', '.join(sorted(accepted))}"
+            )
+        managed = sorted(set(inner_kwargs or {}) & {"n_steps", "gamma", "gae_lambda", "policy_kwargs", "device"})
+        if managed:
+            raise ValueError(f"inner_kwargs {managed} are set by the meta-learner: pass them to it directly")
         if not 0.0 <= critic_step_size <= 1.0:
             raise ValueError(f"critic_step_size must be in [0, 1], got {critic_step_size}")
         self.env_id: str | None = None
