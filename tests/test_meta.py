@@ -365,3 +365,25 @@ def test_cli_meta_train_and_adapt(tmp_path):
     assert bad.returncode == 2 and "not a task family" in bad.stderr
     bad = run("adapt", "--model", str(tmp_path / "missing.zip"))
     assert bad.returncode == 2 and "no checkpoint" in bad.stderr
+
+
+@pytest.mark.parametrize("env_id", [NAV, CARTPOLE])
+def test_stacked_policies_match_each_policy(env_id):
+    """The vectorised pass over n policies gives each policy's own value and log π(a|s) (SB3's evaluate_actions)."""
+    from agents.meta.rollouts import StackedPolicies
+
+    model = Reptile("MlpPolicy", env_id, **{**TINY, "meta_batch_size": 3})
+    policies = []
+    for i, learner in enumerate(model._learners):
+        torch.manual_seed(i)
+        for p in learner.policy.parameters():
+            p.data.normal_(0, 0.5)
+        policies.append(learner.policy)
+    assert StackedPolicies.supports(policies, model.observation_space)
+    obs = torch.as_tensor(np.stack([model.observation_space.sample() for _ in range(3)]))
+    actions, values, log_probs = StackedPolicies(policies)(obs)
+    for i, policy in enumerate(policies):
+        act = actions[i : i + 1].long() if env_id == CARTPOLE else actions[i : i + 1]
+        value, log_prob, _ = policy.evaluate_actions(obs[i : i + 1], act)
+        torch.testing.assert_close(values[i], value.flatten()[0].detach(), rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(log_probs[i], log_prob[0].detach(), rtol=1e-5, atol=1e-5)

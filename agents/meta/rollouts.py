@@ -9,15 +9,66 @@ import numpy as np
 import torch
 from gymnasium import spaces
 from stable_baselines3.common.on_policy_algorithm import OnPolicyAlgorithm
+from stable_baselines3.common.policies import ActorCriticPolicy
 from stable_baselines3.common.utils import obs_as_tensor
 from stable_baselines3.common.vec_env import VecEnv
+from torch import Tensor, nn
 
-__all__ = ["collect_task_rollouts"]
+from ngrl.fisher import ActorOutputs, policy_distribution
+
+__all__ = ["StackedPolicies", "collect_task_rollouts"]
 
 
 def _row(obs: Any, i: int) -> Any:
     """Sub-env i's observation with its batch axis kept."""
     return {k: v[i : i + 1] for k, v in obs.items()} if isinstance(obs, dict) else obs[i : i + 1]
+
+
+class _ActorCritic(nn.Module):
+    """obs ↦ (raw action-distribution outputs, value): one pass of a policy, for ``torch.func``."""
+
+    def __init__(self, policy: ActorCriticPolicy) -> None:
+        super().__init__()
+        self.actor = ActorOutputs(policy)
+
+    def forward(self, obs: Tensor) -> tuple[Tensor, Tensor]:
+        policy = self.actor.policy
+        return self.actor(obs), policy.predict_values(obs).flatten()
+
+
+class StackedPolicies:
+    """n policies of one architecture evaluated in one vectorised call (``torch.func.vmap`` over stacked weights).
+
+    Policy i sees row i of the observations. Actions are sampled from the policy's own output family,
+    the distribution SB3 samples from (log-probabilities agree with ``policy.evaluate_actions``).
+    """
+
+    def __init__(self, policies: Sequence[ActorCriticPolicy]) -> None:
+        modules = [_ActorCritic(p) for p in policies]
+        self.params, self.buffers = torch.func.stack_module_state(modules)
+        self.family = policy_distribution(policies[0])
+        template = modules[0]
+
+        def one(params: dict[str, Tensor], buffers: dict[str, Tensor], obs: Tensor) -> tuple[Tensor, Tensor]:
+            return torch.func.functional_call(template, (params, buffers), (obs,))
+
+        self._call = torch.vmap(one)
+
+    @staticmethod
+    def supports(policies: Sequence[Any], observation_space: spaces.Space) -> bool:
+        """The fast path covers plain actor-critic MLP/CNN policies on Box observations (no gSDE, no squashing)."""
+        return all(
+            type(p) is type(policies[0]) and isinstance(p, ActorCriticPolicy) and not p.use_sde and not p.squash_output
+            for p in policies
+        ) and isinstance(observation_space, spaces.Box)
+
+    @torch.no_grad()
+    def __call__(self, obs: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """(actions, values, log-probabilities), one row per policy."""
+        outputs, values = self._call(self.params, self.buffers, obs.unsqueeze(1))
+        outputs, values = outputs.squeeze(1), values.squeeze(1)
+        actions = self.family.sample(outputs)
+        return actions, values, self.family.log_prob(outputs, actions)
 
 
 def collect_task_rollouts(
@@ -52,12 +103,20 @@ def collect_task_rollouts(
     starts = np.ones(n, dtype=bool)
     running = np.zeros(n)
     totals, counts = np.zeros(n), np.zeros(n)
+    stacked = StackedPolicies([learner.policy for learner in learners]) if StackedPolicies.supports(
+        [learner.policy for learner in learners], env.observation_space
+    ) else None
     for _ in range(n_steps):
         steps = []
         with torch.no_grad():
-            for i, learner in enumerate(learners):
-                actions, values, log_probs = learner.policy(obs_as_tensor(_row(obs, i), learner.device))
-                steps.append((actions.cpu().numpy(), values, log_probs))
+            if stacked is not None:
+                all_actions, all_values, all_log_probs = stacked(obs_as_tensor(obs, learners[0].device))
+                all_actions = all_actions.reshape(n, *action_space.shape).cpu().numpy()
+                steps = [(all_actions[i : i + 1], all_values[i : i + 1], all_log_probs[i : i + 1]) for i in range(n)]
+            else:
+                for i, learner in enumerate(learners):
+                    actions, values, log_probs = learner.policy(obs_as_tensor(_row(obs, i), learner.device))
+                    steps.append((actions.cpu().numpy(), values, log_probs))
         actions = np.concatenate([s[0] for s in steps])
         env_actions = actions
         if isinstance(action_space, spaces.Box):
