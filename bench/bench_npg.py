@@ -1,0 +1,312 @@
+"""NPG beside sb3-contrib TRPO and SB3 PPO: learning on classic control, and the cost of a Fisher product.
+
+    python bench/bench_npg.py fvp                       # micro-benchmark (about a minute)
+    python bench/bench_npg.py learn --seeds 0 1 2       # learning table (tens of minutes on 2 cores)
+
+Learning protocol (as in ../shared/BASELINES.md): rl-baselines3-zoo hyper-parameters for TRPO and
+PPO, ngrl's configs/npg.yml for NPG; a separate evaluation env, 10 deterministic episodes every 5k
+steps; "steps to threshold" is the first evaluation at or above it; training seconds exclude the
+evaluations; one torch thread per run. Results go to bench/results/*.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import pathlib
+import statistics
+import sys
+import time
+from concurrent.futures import ProcessPoolExecutor
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+import torch
+import yaml
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "bench" / "results"
+THRESHOLDS = {"CartPole-v1": 475.0, "Acrobot-v1": -100.0, "Pendulum-v1": -200.0}
+
+# rl-baselines3-zoo's tuned entries (hyperparams/trpo.yml and ppo.yml), as BASELINES.md used them.
+ZOO = {
+    "trpo": {
+        "CartPole-v1": dict(n_envs=2, n_steps=512, batch_size=512, cg_damping=1e-3, gae_lambda=0.98, gamma=0.99,
+                            learning_rate=1e-3, n_critic_updates=20),
+        "Acrobot-v1": dict(normalize=True, n_envs=2, n_steps=1024),
+        "Pendulum-v1": dict(n_envs=2, n_steps=1024, gamma=0.9, n_critic_updates=15, use_sde=True, sde_sample_freq=4),
+    },
+    "ppo": {
+        "CartPole-v1": dict(n_envs=8, n_steps=32, batch_size=256, gae_lambda=0.8, gamma=0.98, n_epochs=20, ent_coef=0.0,
+                            learning_rate="lin_1e-3", clip_range="lin_0.2"),
+        "Acrobot-v1": dict(normalize=True, n_envs=16, n_steps=256, gae_lambda=0.94, gamma=0.99, n_epochs=4, ent_coef=0.0),
+        "Pendulum-v1": dict(n_envs=4, n_steps=1024, gae_lambda=0.95, gamma=0.9, n_epochs=10, ent_coef=0.0, learning_rate=1e-3,
+                            clip_range=0.2, use_sde=True, sde_sample_freq=4),
+    },
+}
+
+
+def hyperparams(algo: str, env_id: str) -> dict[str, Any]:
+    if algo == "npg":
+        table = yaml.safe_load((ROOT / "configs" / "npg.yml").read_text())
+        params = dict(table.get(env_id, table["default"]))
+    else:
+        params = dict(ZOO[algo][env_id])
+    params.pop("n_timesteps", None)
+    params.pop("policy", None)
+    for key in ("learning_rate", "clip_range"):
+        value = params.get(key)
+        if isinstance(value, str) and value.startswith("lin_"):
+            start = float(value[4:])
+            params[key] = lambda progress, start=start: progress * start
+    return params
+
+
+def algo_class(algo: str):
+    if algo == "npg":
+        from agents import NPG
+
+        return NPG
+    if algo == "trpo":
+        from sb3_contrib import TRPO
+
+        return TRPO
+    from stable_baselines3 import PPO
+
+    return PPO
+
+
+def learning_run(algo: str, env_id: str, seed: int, n_timesteps: int, eval_freq: int, n_eval_episodes: int) -> dict[str, Any]:
+    """Train one (algo, env, seed), evaluating every ``eval_freq`` steps; return the curve and timings."""
+    torch.set_num_threads(1)
+    from stable_baselines3.common.env_util import make_vec_env
+    from stable_baselines3.common.evaluation import evaluate_policy
+    from stable_baselines3.common.vec_env import VecNormalize
+
+    params = hyperparams(algo, env_id)
+    n_envs = params.pop("n_envs", 1)
+    normalize = params.pop("normalize", False)
+    env = make_vec_env(env_id, n_envs=n_envs, seed=seed)
+    if normalize:
+        env = VecNormalize(env)
+    model = algo_class(algo)("MlpPolicy", env, seed=seed, device="cpu", **params)
+    eval_env = make_vec_env(env_id, n_envs=1, seed=seed + 10_000)
+    if normalize:
+        eval_env = VecNormalize(eval_env, training=False, norm_reward=False)
+
+    update_seconds: list[float] = []
+    train = model.train
+
+    def timed_train() -> None:
+        start = time.perf_counter()
+        train()
+        update_seconds.append(time.perf_counter() - start)
+
+    model.train = timed_train
+    curve, train_seconds = [], 0.0
+    while model.num_timesteps < n_timesteps:
+        start = time.perf_counter()
+        model.learn(eval_freq, reset_num_timesteps=False)
+        train_seconds += time.perf_counter() - start
+        if normalize:
+            eval_env.obs_rms = env.obs_rms
+        mean, _ = evaluate_policy(model, eval_env, n_eval_episodes=n_eval_episodes, deterministic=True, warn=False)
+        curve.append((int(model.num_timesteps), float(mean)))
+    threshold = THRESHOLDS[env_id]
+    hits = [steps for steps, mean in curve if mean >= threshold]
+    return {
+        "algo": algo, "env": env_id, "seed": seed, "curve": curve,
+        "steps_to_threshold": hits[0] if hits else None,
+        "final_eval": curve[-1][1], "evals_at_threshold": len(hits), "n_evals": len(curve),
+        "train_seconds": train_seconds, "seconds_per_100k": train_seconds * 100_000 / model.num_timesteps,
+        "n_updates": len(update_seconds), "seconds_per_update": statistics.median(update_seconds) if update_seconds else None,
+    }
+
+
+def summarise(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    rows = []
+    for env_id in THRESHOLDS:
+        for algo in ("npg", "trpo", "ppo"):
+            group = [r for r in runs if r["env"] == env_id and r["algo"] == algo]
+            if not group:
+                continue
+            hits = [r["steps_to_threshold"] for r in group if r["steps_to_threshold"] is not None]
+            # unsolved seeds count as infinitely slow in the median
+            ordered = sorted(hits) + [float("inf")] * (len(group) - len(hits))
+            rows.append({
+                "env": env_id, "algo": algo, "solved": f"{len(hits)}/{len(group)}",
+                "median_steps_to_threshold": statistics.median(ordered),
+                "range": [min(hits), max(hits)] if hits else None,
+                "final_eval": [round(r["final_eval"], 1) for r in sorted(group, key=lambda r: r["seed"])],
+                "evals_at_threshold": [r["evals_at_threshold"] for r in sorted(group, key=lambda r: r["seed"])],
+                "seconds_per_100k": statistics.median(r["seconds_per_100k"] for r in group),
+                "seconds_per_update": statistics.median(r["seconds_per_update"] for r in group if r["seconds_per_update"]),
+            })
+    return rows
+
+
+def print_learning_table(rows: list[dict[str, Any]]) -> None:
+    print("| env (threshold) | algo | solved | steps to threshold (median [min, max]) | final eval (per seed) | evals ≥ thr | train s / 100k | s / update |")
+    print("|---|---|---|---|---|---|---|---|")
+    for row in rows:
+        median = row["median_steps_to_threshold"]
+        steps = "—" if median == float("inf") else f"{median / 1000:.0f}k"
+        if row["range"]:
+            steps += f" [{row['range'][0] / 1000:.0f}k, {row['range'][1] / 1000:.0f}k]"
+        print(f"| {row['env']} ({THRESHOLDS[row['env']]:g}) | {row['algo'].upper()} | {row['solved']} | {steps} | "
+              f"{', '.join(str(v) for v in row['final_eval'])} | {', '.join(str(v) for v in row['evals_at_threshold'])} | "
+              f"{row['seconds_per_100k']:.1f} | {row['seconds_per_update'] * 1000:.0f} ms |")
+
+
+def cmd_learn(args: argparse.Namespace) -> None:
+    jobs = [(algo, env_id, seed, args.n_timesteps, args.eval_freq, args.n_eval_episodes)
+            for env_id in args.envs for seed in args.seeds for algo in args.algos]
+    with ProcessPoolExecutor(max_workers=args.workers) as pool:
+        runs = list(pool.map(learning_run, *zip(*jobs)))
+    rows = summarise(runs)
+    print_learning_table(rows)
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    out = RESULTS / args.output
+    out.write_text(json.dumps({"command": " ".join(sys.argv), "rows": rows, "runs": runs}, indent=1, default=str))
+    print(f"wrote {out}")
+
+
+# --- Fisher-vector products -------------------------------------------------------------------
+
+
+class _SpacesEnv(gym.Env):
+    def __init__(self, observation_space: gym.Space, action_space: gym.Space):
+        self.observation_space, self.action_space = observation_space, action_space
+
+    def reset(self, *, seed=None, options=None):
+        super().reset(seed=seed)
+        return self.observation_space.sample(), {}
+
+    def step(self, action):
+        return self.observation_space.sample(), 0.0, False, False, {}
+
+
+def _median_ms(fn, repeats: int) -> float:
+    fn()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times) * 1000
+
+
+def fvp_case(name: str, obs_dim: int, action_space: gym.Space, net_arch: list[int], n_states: int, repeats: int) -> dict[str, Any]:
+    """One FVP and one 10-step CG solve: ngrl's exact Fisher operator beside TRPO's own KL double-backprop."""
+    from sb3_contrib import TRPO
+    from sb3_contrib.common.utils import conjugate_gradient_solver
+    from stable_baselines3.common.distributions import kl_divergence
+
+    from ngrl import conjugate_gradient
+    from ngrl.fisher import policy_fisher
+
+    obs_space = gym.spaces.Box(-np.inf, np.inf, (obs_dim,), dtype=np.float32)
+    trpo = TRPO("MlpPolicy", _SpacesEnv(obs_space, action_space), policy_kwargs=dict(net_arch=net_arch), seed=0, device="cpu")
+    policy = trpo.policy
+    obs = torch.randn(n_states, obs_dim, generator=torch.Generator().manual_seed(0))
+    # TRPO's path: mean KL(old ‖ new) with a copied old distribution, its gradient with create_graph,
+    # then each product is a backward pass through that gradient (sb3_contrib.TRPO.hessian_vector_product).
+    import copy
+
+    def trpo_build():
+        with torch.no_grad():
+            old = copy.copy(policy.get_distribution(obs))
+        new = policy.get_distribution(obs)
+        kl = kl_divergence(new, old).mean()
+        log_prob_term = new.log_prob(new.sample()).mean()  # a stand-in objective: TRPO needs its gradient too
+        return trpo._compute_actor_grad(kl, log_prob_term)
+
+    actor_params, gradient, grad_kl, _ = trpo_build()
+    vector = torch.randn_like(gradient)
+
+    def trpo_fvp():
+        return trpo.hessian_vector_product(actor_params, grad_kl, vector)
+
+    def trpo_cg():
+        params, g, gk, _ = trpo_build()
+        return conjugate_gradient_solver(lambda v: trpo.hessian_vector_product(params, gk, v), g, max_iter=10)
+
+    fisher = policy_fisher(policy, obs, damping=0.1)
+
+    def ours_fvp():
+        return fisher.mv(vector)
+
+    def ours_cg():
+        op = policy_fisher(policy, obs, damping=0.1)
+        return conjugate_gradient(op.mv, gradient, max_iter=10, tol=0.0)
+
+    # Same numbers? TRPO's product includes its damping 0.1 (cg_damping default); ours too. TRPO orders
+    # the parameters as named_parameters() does (log σ first), so compare parameter by parameter.
+    from ngrl.params import flatten, unflatten
+
+    trpo_out = dict(zip(map(id, actor_params), unflatten(trpo_fvp(), actor_params)))
+    vector_by_param = dict(zip(map(id, actor_params), unflatten(vector, actor_params)))
+    ours_vector = flatten(vector_by_param[id(p)] for p in fisher.params)
+    ours_out = fisher.mv(ours_vector)
+    # TRPO takes .mean() of SB3's per-dimension Gaussian KL, i.e. it averages over action dimensions
+    # as well as states: its undamped product is F/d for a d-dimensional Box (d = 1 otherwise).
+    kl_scale = int(np.prod(action_space.shape)) if isinstance(action_space, gym.spaces.Box) else 1
+    trpo_undamped = flatten(trpo_out[id(p)] for p in fisher.params) - 0.1 * ours_vector
+    agree = torch.allclose(kl_scale * trpo_undamped, ours_out - 0.1 * ours_vector, rtol=1e-3, atol=1e-4)
+    result = {"case": name, "actor_params": fisher.num_params, "states": n_states, "products_agree": bool(agree)}
+    for threads in (1, 2):
+        torch.set_num_threads(threads)
+        result[f"trpo_fvp_ms_{threads}t"] = _median_ms(trpo_fvp, repeats)
+        result[f"ours_fvp_ms_{threads}t"] = _median_ms(ours_fvp, repeats)
+        result[f"trpo_cg10_ms_{threads}t"] = _median_ms(trpo_cg, max(3, repeats // 4))
+        result[f"ours_cg10_ms_{threads}t"] = _median_ms(ours_cg, max(3, repeats // 4))
+    return result
+
+
+def cmd_fvp(args: argparse.Namespace) -> None:
+    cases = [
+        fvp_case("64-64 tanh, 4 obs → Discrete(2)", 4, gym.spaces.Discrete(2), [64, 64], args.states, args.repeats),
+        fvp_case("256-256 tanh, 17 obs → Box(6)", 17, gym.spaces.Box(-1, 1, (6,), dtype=np.float32), [256, 256], args.states,
+                 args.repeats),
+    ]
+    print(f"Fisher-vector products on {args.states} states, medians of {args.repeats} (1 / 2 torch threads)")
+    print("| policy | actor params | TRPO FVP (ms) | ngrl FVP (ms) | ratio | TRPO 10-step CG (ms) | ngrl 10-step CG (ms) | ratio | same product¹ |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for c in cases:
+        print(f"| {c['case']} | {c['actor_params']:,} | {c['trpo_fvp_ms_1t']:.2f} / {c['trpo_fvp_ms_2t']:.2f} | "
+              f"{c['ours_fvp_ms_1t']:.2f} / {c['ours_fvp_ms_2t']:.2f} | "
+              f"{c['ours_fvp_ms_1t'] / c['trpo_fvp_ms_1t']:.2f} / {c['ours_fvp_ms_2t'] / c['trpo_fvp_ms_2t']:.2f} | "
+              f"{c['trpo_cg10_ms_1t']:.1f} / {c['trpo_cg10_ms_2t']:.1f} | {c['ours_cg10_ms_1t']:.1f} / {c['ours_cg10_ms_2t']:.1f} | "
+              f"{c['ours_cg10_ms_1t'] / c['trpo_cg10_ms_1t']:.2f} / {c['ours_cg10_ms_2t'] / c['trpo_cg10_ms_2t']:.2f} | "
+              f"{'yes' if c['products_agree'] else 'NO'} |")
+    print("¹ ngrl's product equals TRPO's times d, the action dimension: TRPO averages its Gaussian KL over dimensions.")
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    out = RESULTS / "npg_fvp.json"
+    out.write_text(json.dumps({"command": " ".join(sys.argv), "cases": cases}, indent=1))
+    print(f"wrote {out}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    commands = parser.add_subparsers(dest="command", required=True)
+    learn = commands.add_parser("learn", help="learning table: NPG, TRPO, PPO")
+    learn.add_argument("--envs", nargs="+", default=list(THRESHOLDS))
+    learn.add_argument("--algos", nargs="+", default=["npg", "trpo", "ppo"])
+    learn.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    learn.add_argument("--n-timesteps", type=int, default=100_000)
+    learn.add_argument("--eval-freq", type=int, default=5_000)
+    learn.add_argument("--n-eval-episodes", type=int, default=10)
+    learn.add_argument("--workers", type=int, default=2)
+    learn.add_argument("--output", default="npg_learning.json")
+    learn.set_defaults(handler=cmd_learn)
+    fvp = commands.add_parser("fvp", help="Fisher-vector product and CG micro-benchmark")
+    fvp.add_argument("--states", type=int, default=2048)
+    fvp.add_argument("--repeats", type=int, default=20)
+    fvp.set_defaults(handler=cmd_fvp)
+    args = parser.parse_args()
+    args.handler(args)
+
+
+if __name__ == "__main__":
+    main()
