@@ -23,15 +23,19 @@ class CueCorridorEnv(gym.Env):
 
     :param delay: corridor steps between the cue and the junction (≥ 0)
     :param wrong_reward: reward of a wrong choice (−1 by default: chance level is 0)
+    :param render_mode: "rgb_array" (a strip of cells: cue colour at the start, the agent in white) or "ansi"
     """
 
-    metadata = {"render_modes": []}
+    metadata = {"render_modes": ["rgb_array", "ansi"]}
 
-    def __init__(self, delay: int = 10, wrong_reward: float = -1.0) -> None:
+    def __init__(self, delay: int = 10, wrong_reward: float = -1.0, render_mode: str | None = None) -> None:
         if int(delay) != delay or delay < 0:
             raise ValueError(f"delay must be a non-negative integer, got {delay!r}")
         if not wrong_reward < 1.0:
             raise ValueError(f"wrong_reward must be below the reward of a correct choice (1), got {wrong_reward}")
+        if render_mode is not None and render_mode not in self.metadata["render_modes"]:
+            raise ValueError(f"render_mode must be one of {self.metadata['render_modes']} or None, got {render_mode!r}")
+        self.render_mode = render_mode
         self.delay = int(delay)
         self.wrong_reward = float(wrong_reward)
         self.observation_space = spaces.Box(-1.0, 1.0, shape=(3,), dtype=np.float32)
@@ -65,3 +69,15 @@ class CueCorridorEnv(gym.Env):
             return self._obs(), reward, True, False, {"cue": self._cue, "is_success": correct}
         self._t += 1
         return self._obs(), 0.0, False, False, {"cue": self._cue}
+
+    def render(self) -> np.ndarray | str | None:
+        cells = self.delay + 2
+        position = min(self._t, cells - 1)
+        if self.render_mode == "ansi":
+            return "".join("A" if i == position else ("+" if self._cue > 0 else "-") if i == 0 else "." for i in range(cells))
+        if self.render_mode == "rgb_array":
+            image = np.zeros((8, 8 * cells, 3), dtype=np.uint8)
+            image[:, :8] = (0, 160, 0) if self._cue > 0 else (160, 0, 0)
+            image[2:6, 8 * position + 2 : 8 * position + 6] = 255
+            return image
+        return None

@@ -85,3 +85,14 @@ def test_cue_corridor_rejects_invalid_actions() -> None:
     env.reset(seed=0)
     with pytest.raises(ValueError, match="action must be"):
         env.step(2)
+
+
+def test_cue_corridor_renders() -> None:
+    env = CueCorridorEnv(delay=2, render_mode="ansi")
+    env.reset(seed=0)
+    assert len(env.render()) == 4 and env.render()[0] == "A"
+    image = CueCorridorEnv(delay=2, render_mode="rgb_array")
+    image.reset(seed=0)
+    assert image.render().shape == (8, 32, 3)
+    with pytest.raises(ValueError, match="render_mode"):
+        CueCorridorEnv(render_mode="human")
