@@ -89,6 +89,9 @@ class ERNNCell(nn.Module):
             self.eta = nn.Parameter(torch.full((num_iters,), float(eta)))
         else:
             self.register_buffer("eta", torch.full((num_iters,), float(eta)), persistent=False)
+        self._eta_values = [float(eta)] * num_iters  # fixed steps as Python numbers: no tensor ops for η
+        self._cache_key: tuple | None = None
+        self._cached_weight: Tensor | None = None
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -100,11 +103,22 @@ class ERNNCell(nn.Module):
             nn.init.uniform_(self.bias, -bound, bound)
 
     def recurrent_weight(self) -> Tensor:
-        """U = V·min(1, ρ/‖V‖₂): the recurrent matrix actually used (‖U‖₂ ≤ ρ)."""
+        """U = V·min(1, ρ/‖V‖₂): the recurrent matrix actually used (‖U‖₂ ≤ ρ).
+
+        Without autograd (rollouts, evaluation) U is cached until V changes in place (its version
+        counter moves), so single-step calls do not pay for an SVD each.
+        """
+        weight = self.weight_hh
         if math.isinf(self.max_recurrent_norm):
-            return self.weight_hh
-        norm = torch.linalg.matrix_norm(self.weight_hh, ord=2)
-        return self.weight_hh * torch.clamp(self.max_recurrent_norm / norm, max=1.0)
+            return weight
+        if torch.is_grad_enabled() and weight.requires_grad:
+            return weight * torch.clamp(self.max_recurrent_norm / torch.linalg.matrix_norm(weight, ord=2), max=1.0)
+        key = (weight.data_ptr(), weight._version, weight.dtype, weight.device)
+        if self._cache_key != key:
+            with torch.no_grad():
+                self._cached_weight = weight * torch.clamp(self.max_recurrent_norm / torch.linalg.matrix_norm(weight, ord=2), max=1.0)
+            self._cache_key = key
+        return self._cached_weight
 
     def input_projection(self, x: Tensor) -> Tensor:
         """W x + b (can be computed for a whole sequence at once)."""
@@ -116,12 +130,23 @@ class ERNNCell(nn.Module):
         return self._phi(z @ self.recurrent_weight().T + self.input_projection(x)) - self.gamma * z
 
     def step(self, drive: Tensor, h_prev: Tensor, recurrent_weight: Tensor) -> Tensor:
-        """K Euler steps h⁽ⁱ⁺¹⁾ = h⁽ⁱ⁾ + ηᵢ f(h⁽ⁱ⁾) from h⁽⁰⁾ = 0, given drive = W x + b and U."""
-        h = torch.zeros_like(h_prev)
-        for i in range(self.num_iters):
-            z = h + h_prev
-            h = h + self.eta[i] * (self._phi(z @ recurrent_weight.T + drive) - self.gamma * z)
-        return h
+        """K Euler steps h⁽ⁱ⁺¹⁾ = h⁽ⁱ⁾ + ηᵢ f(h⁽ⁱ⁾) from h⁽⁰⁾ = 0, given drive = W x + b and U.
+
+        Iterated on z = h + h_prev (h_prev is fixed within the step): z⁽⁰⁾ = h_prev,
+        z⁽ⁱ⁺¹⁾ = (1 − ηᵢγ) z⁽ⁱ⁾ + ηᵢ φ(U z⁽ⁱ⁾ + W x + b), and h = z⁽ᴷ⁾ − h_prev.
+        """
+        weight_t = recurrent_weight.T
+        z = h_prev
+        if isinstance(self.eta, nn.Parameter):
+            for i in range(self.num_iters):
+                eta = self.eta[i]
+                z = (1.0 - eta * self.gamma) * z + eta * self._phi(torch.addmm(drive, z, weight_t))
+        else:
+            for eta in self._eta_values:
+                decay = 1.0 - eta * self.gamma
+                phi = self._phi(torch.addmm(drive, z, weight_t))
+                z = phi * eta if decay == 0.0 else torch.add(phi * eta, z, alpha=decay)
+        return z - h_prev
 
     def forward(self, x: Tensor, h_prev: Tensor | None = None) -> Tensor:
         """hₖ ≈ the root of f(·; h_prev, x), for x of shape (batch, input_size)."""

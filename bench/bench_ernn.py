@@ -1,0 +1,267 @@
+"""ERNN recurrent policies beside LSTM, a memoryless MLP and sb3-contrib's RecurrentPPO on memory tasks.
+
+    python bench/bench_ernn.py gradnorm                 # ‖∂h_T/∂h_0‖ of the cells at init (seconds)
+    python bench/bench_ernn.py learn --seeds 0 1 2      # learning table (long on 2 cores: see --steps)
+
+Learning protocol: the same seeds and the same run for every method; a separate evaluation env,
+deterministic episodes every ``--eval-freq`` steps (20 for the corridor, 10 for CartPoleNoVel);
+"steps to threshold" is the first evaluation at or above it (CartPoleNoVel 475; corridor 0.9, i.e. at
+most one wrong choice in 20); training seconds exclude evaluation; one torch thread per run. At each
+evaluation ‖∂h_T/∂h_0‖₂ of the actor's cell is measured over the last T = 200 observations of
+the evaluation episodes' history (states fed through the actor's core, no resets). Results go to
+bench/results/ernn_*.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import pathlib
+import statistics
+import sys
+import time
+from concurrent.futures import ProcessPoolExecutor
+from typing import Any
+
+import numpy as np
+import torch
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+RESULTS = ROOT / "bench" / "results"
+
+# task -> (env id, env kwargs, threshold, eval episodes, n_steps per env and update)
+# n_steps covers several episodes so that most decisions have their cue inside the rollout's sequence
+# (gradients do not flow past the stored start state of a rollout).
+TASKS: dict[str, tuple[str, dict[str, Any], float, int, int]] = {
+    "cartpole_novel": ("ngrl/CartPoleNoVel-v1", {}, 475.0, 10, 64),
+    "corridor10": ("ngrl/CueCorridor-v0", {"delay": 10}, 0.9, 20, 64),
+    "corridor50": ("ngrl/CueCorridor-v0", {"delay": 50}, 0.9, 20, 256),
+    "corridor200": ("ngrl/CueCorridor-v0", {"delay": 200}, 0.9, 20, 1024),
+}
+METHODS = ("npg-ernn", "npg-lstm", "npg-mlp", "rppo-lstm")
+ERNN_POLICY = dict(cell="ernn", hidden_size=64, net_arch=[32])
+LSTM_POLICY = dict(cell="lstm", hidden_size=64, net_arch=[64])
+
+
+def make_model(method: str, task: str, seed: int, env):
+    _, _, _, _, n_steps = TASKS[task]
+    npg_params = dict(
+        n_steps=n_steps, batch_size=256, gamma=0.99, gae_lambda=0.95, target_kl=0.01, cg_damping=0.1,
+        n_critic_updates=10, learning_rate=1e-3, seed=seed,
+    )
+    if method == "rppo-lstm":
+        from sb3_contrib import RecurrentPPO
+
+        # BASELINES.md's CartPoleNoVel entry (the zoo's ppo_lstm), with this task's n_steps
+        return RecurrentPPO(
+            "MlpLstmPolicy", env, n_steps=n_steps if task != "cartpole_novel" else 32, batch_size=256, n_epochs=20,
+            learning_rate=1e-3, gamma=0.99 if task != "cartpole_novel" else 0.999, gae_lambda=0.95 if task != "cartpole_novel" else 0.98,
+            ent_coef=0.0, seed=seed,
+            policy_kwargs=dict(lstm_hidden_size=64, net_arch=[64], activation_fn=torch.nn.ReLU, ortho_init=False, enable_critic_lstm=True),
+        )
+    from agents import NPG
+
+    if method == "npg-mlp":
+        return NPG("MlpPolicy", env, policy_kwargs=dict(net_arch=[64, 64]), **npg_params)
+    policy_kwargs = ERNN_POLICY if method == "npg-ernn" else LSTM_POLICY
+    sequence_length = 16 if n_steps <= 64 else n_steps
+    return NPG("MlpErnnPolicy", env, policy_kwargs=dict(policy_kwargs), sequence_length=sequence_length, **npg_params)
+
+
+def actor_core(model):
+    """(core, features) of the actor's recurrent body, or None for a memoryless policy."""
+    policy = model.policy
+    if hasattr(policy, "rnn_actor"):
+        return policy.rnn_actor, lambda obs: policy._features(obs, policy.pi_features_extractor), "ngrl"
+    if hasattr(policy, "lstm_actor"):
+        return policy.lstm_actor, lambda obs: policy.extract_features(obs, policy.pi_features_extractor), "sb3"
+    return None
+
+
+def hidden_gradient_norm(model, observations: np.ndarray) -> float | None:
+    """‖∂h_T/∂h_0‖₂ of the actor's cell over the given observations (T = len(observations), no resets)."""
+    found = actor_core(model)
+    if found is None or len(observations) < 2:
+        return None
+    core, features_of, kind = found
+    obs = torch.as_tensor(observations, device=model.device)
+    with torch.no_grad():
+        features = features_of(obs).float()
+    hidden = core.hidden_size if kind == "sb3" else core.state_shapes[0][0]
+
+    def last_h(h0: torch.Tensor) -> torch.Tensor:
+        if kind == "sb3":
+            _, (h, _) = core(features.unsqueeze(1), (h0.reshape(1, 1, -1), torch.zeros(1, 1, hidden)))
+            return h.reshape(-1)
+        state = tuple([h0.reshape(1, -1)] + [torch.zeros(1, *s) for s in core.state_shapes[1:]])
+        _, state = core(features.unsqueeze(0), state, torch.zeros(1, len(observations)))
+        return state[0].reshape(-1)
+
+    jac = torch.autograd.functional.jacobian(last_h, torch.zeros(hidden))
+    return float(torch.linalg.matrix_norm(jac, ord=2))
+
+
+def count_params(model) -> int:
+    return sum(p.numel() for p in model.policy.parameters())
+
+
+def evaluate(model, env, n_episodes: int) -> tuple[float, np.ndarray]:
+    """Mean return over deterministic episodes, and the observations of the last 200 steps seen."""
+    returns, history = [], []
+    obs = env.reset()
+    state, start, total = None, np.ones(1, dtype=bool), 0.0
+    while len(returns) < n_episodes:
+        if hasattr(model.policy, "rnn_actor") or hasattr(model.policy, "lstm_actor"):
+            action, state = model.predict(obs, state=state, episode_start=start, deterministic=True)
+        else:
+            action, _ = model.predict(obs, deterministic=True)
+        history.append(obs[0].copy())
+        obs, reward, done, _ = env.step(action)
+        total += float(reward[0])
+        start = done
+        if done[0]:
+            returns.append(total)
+            total = 0.0
+    return float(np.mean(returns)), np.asarray(history[-200:])
+
+
+def learning_run(method: str, task: str, seed: int, n_timesteps: int, eval_freq: int) -> dict[str, Any]:
+    torch.set_num_threads(1)
+    import envs  # noqa: F401
+    from stable_baselines3.common.env_util import make_vec_env
+
+    env_id, env_kwargs, threshold, n_eval, _ = TASKS[task]
+    env = make_vec_env(env_id, n_envs=8, seed=seed, env_kwargs=env_kwargs)
+    eval_env = make_vec_env(env_id, n_envs=1, seed=seed + 10_000, env_kwargs=env_kwargs)
+    model = make_model(method, task, seed, env)
+    evals, grad_norms, train_seconds = [], [], 0.0
+    while model.num_timesteps < n_timesteps:
+        start = time.perf_counter()
+        model.learn(eval_freq, reset_num_timesteps=False)
+        train_seconds += time.perf_counter() - start
+        mean, history = evaluate(model, eval_env, n_eval)
+        evals.append((int(model.num_timesteps), mean))
+        grad_norms.append(hidden_gradient_norm(model, history))
+    hit = next((steps for steps, mean in evals if mean >= threshold), None)
+    return {
+        "method": method, "task": task, "seed": seed, "threshold": threshold, "params": count_params(model),
+        "evals": evals, "grad_norms": grad_norms, "steps_to_threshold": hit, "final_eval": evals[-1][1],
+        "train_seconds": train_seconds, "seconds_per_100k": train_seconds / model.num_timesteps * 1e5,
+        "timesteps": int(model.num_timesteps),
+    }
+
+
+def fmt_steps(steps: list[int | None]) -> str:
+    hits = sorted(s for s in steps if s is not None)
+    if not hits:
+        return "—"
+    return f"{statistics.median(hits) / 1e3:.0f}k [{hits[0] / 1e3:.0f}k, {hits[-1] / 1e3:.0f}k]"
+
+
+def table(runs: list[dict[str, Any]]) -> str:
+    lines = [
+        "| task (threshold) | method | params | solved | steps to threshold | final eval (per seed) | s / 100k steps | ‖∂h_T/∂h_0‖ first → last (median) |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for task in TASKS:
+        for method in METHODS:
+            group = sorted((r for r in runs if r["task"] == task and r["method"] == method), key=lambda r: r["seed"])
+            if not group:
+                continue
+            solved = sum(r["steps_to_threshold"] is not None for r in group)
+            finals = ", ".join(f"{r['final_eval']:.3g}" for r in group)
+            norms = [r["grad_norms"] for r in group if r["grad_norms"] and r["grad_norms"][0] is not None]
+            norm_text = "—"
+            if norms:
+                first = statistics.median(n[0] for n in norms)
+                last = statistics.median(n[-1] for n in norms)
+                norm_text = f"{first:.3g} → {last:.3g}"
+            lines.append(
+                f"| {task} ({group[0]['threshold']:g}) | {method} | {group[0]['params']:,} | {solved}/{len(group)} | "
+                f"{fmt_steps([r['steps_to_threshold'] for r in group])} | {finals} | "
+                f"{statistics.median(r['seconds_per_100k'] for r in group):.0f} | {norm_text} |"
+            )
+    return "\n".join(lines)
+
+
+def cmd_learn(args: argparse.Namespace) -> None:
+    jobs = [(m, t, s) for t in args.tasks for m in args.methods for s in args.seeds]
+    steps = dict(zip(TASKS, args.steps))
+    out = RESULTS / f"ernn_learn{args.tag}.json"
+    runs: list[dict[str, Any]] = json.loads(out.read_text())["runs"] if args.resume and out.exists() else []
+    done = {(r["method"], r["task"], r["seed"]) for r in runs}
+    jobs = [j for j in jobs if j not in done]
+    with ProcessPoolExecutor(max_workers=args.workers) as pool:
+        futures = {pool.submit(learning_run, m, t, s, steps[t], args.eval_freq): (m, t, s) for m, t, s in jobs}
+        for future in futures:
+            runs.append(future.result())
+            print(f"done {futures[future]}: final {runs[-1]['final_eval']:.3g}, hit {runs[-1]['steps_to_threshold']}", flush=True)
+            RESULTS.mkdir(parents=True, exist_ok=True)
+            out.write_text(json.dumps({"command": " ".join(sys.argv), "steps": steps, "runs": runs}, indent=1))
+    print(table(runs))
+
+
+def cmd_gradnorm(args: argparse.Namespace) -> None:
+    """‖∂h_T/∂h_0‖₂ for T in {10, 100, 1000} at initialisation: ERNN vs tanh RNN, LSTM, GRU (hidden 64, random inputs)."""
+    torch.set_num_threads(1)
+    from agents.recurrent.cores import make_core
+
+    rows = []
+    for seed in args.seeds:
+        torch.manual_seed(seed)
+        x = torch.randn(1, max(args.horizons), 3)
+        models = {
+            "ernn": make_core("ernn", 3, 64, readout="state"),
+            "lstm": make_core("lstm", 3, 64),
+            "gru": make_core("gru", 3, 64),
+            "tanh-rnn": torch.nn.RNN(3, 64, batch_first=True),
+        }
+        for name, core in models.items():
+            for horizon in args.horizons:
+                xs = x[:, :horizon]
+
+                def last_h(h0: torch.Tensor) -> torch.Tensor:
+                    if name == "tanh-rnn":
+                        return core(xs, h0.reshape(1, 1, -1))[1].reshape(-1)
+                    state = tuple([h0.reshape(1, -1)] + [torch.zeros(1, *s) for s in core.state_shapes[1:]])
+                    return core(xs, state, torch.zeros(1, horizon))[1][0].reshape(-1)
+
+                jac = torch.autograd.functional.jacobian(last_h, torch.zeros(64))
+                rows.append({"cell": name, "seed": seed, "T": horizon, "norm": float(torch.linalg.matrix_norm(jac, ord=2))})
+    print("| cell | " + " | ".join(f"T = {h}" for h in args.horizons) + " |")
+    print("|---|" + "---|" * len(args.horizons))
+    for name in ("ernn", "lstm", "gru", "tanh-rnn"):
+        cells = []
+        for horizon in args.horizons:
+            values = [r["norm"] for r in rows if r["cell"] == name and r["T"] == horizon]
+            cells.append(f"{statistics.median(values):.3g}" + ("" if math.isfinite(statistics.median(values)) else ""))
+        print(f"| {name} | " + " | ".join(cells) + " |")
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / "ernn_gradnorm.json").write_text(json.dumps({"command": " ".join(sys.argv), "rows": rows}, indent=1))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+    learn = commands.add_parser("learn")
+    learn.add_argument("--tasks", nargs="+", default=list(TASKS), choices=list(TASKS))
+    learn.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
+    learn.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    learn.add_argument("--steps", nargs=4, type=int, default=[100_000, 30_000, 60_000, 100_000], help="steps per task, in TASKS order")
+    learn.add_argument("--eval-freq", type=int, default=5_000)
+    learn.add_argument("--workers", type=int, default=2)
+    learn.add_argument("--tag", default="", help="suffix of the results file")
+    learn.add_argument("--resume", action="store_true", help="skip runs already in the results file")
+    learn.set_defaults(handler=cmd_learn)
+    grad = commands.add_parser("gradnorm")
+    grad.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    grad.add_argument("--horizons", nargs="+", type=int, default=[10, 100, 1000])
+    grad.set_defaults(handler=cmd_gradnorm)
+    args = parser.parse_args()
+    args.handler(args)
+
+
+if __name__ == "__main__":
+    main()
