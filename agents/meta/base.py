@@ -45,6 +45,12 @@ class MetaLearner(CheckpointMixin, BaseAlgorithm):
     inner learner per task at θ, runs ``inner_updates`` rollout-and-update rounds in parallel over the
     tasks, then calls :meth:`_outer_update` (the algorithm). The critic is not meta-differentiated: it
     moves by θ_v ← θ_v + ``critic_step_size``·meanᵢ(φ_v,ᵢ − θ_v) (a warm start for the inner fits).
+    Environment steps of every rollout of every task count towards ``total_timesteps``.
+
+    Logged per meta-iteration: ``meta/return_pre`` (mean episode return of θ's rollouts),
+    ``meta/return_post`` (of the adapted policies' rollouts, when the algorithm collects them),
+    ``meta/inner_kl`` (mean KL of an inner update), ``meta/cg_iterations`` (CG iterations of an inner
+    NPG update) and the algorithm's own keys (iMAML: ``meta/implicit_cg_iterations`` ...).
 
     :param policy: the policy model ("MlpPolicy", "CnnPolicy", "MultiInputPolicy" or a class)
     :param env: a task family: an env id (made with ``meta_batch_size`` sub-envs) or a VecEnv with one
