@@ -65,16 +65,6 @@ def module_function(module: nn.Module, params: Sequence[Tensor]) -> Callable[[Se
     return fn
 
 
-def _batch_size(inputs: Any) -> int:
-    if isinstance(inputs, Tensor):
-        return inputs.shape[0]
-    if isinstance(inputs, dict):
-        return _batch_size(next(iter(inputs.values())))
-    if isinstance(inputs, (tuple, list)):
-        return _batch_size(inputs[0])
-    raise TypeError(f"cannot read a batch size from inputs of type {type(inputs).__name__}")
-
-
 class FunctionalLinearization:
     """Linearisation of any f(params, inputs) -> (n, k) through ``torch.func.jvp``/``vjp``.
 
@@ -108,25 +98,37 @@ class FunctionalLinearization:
     def vjp(self, cotangent: Tensor) -> tuple[Tensor, ...]:
         return self._vjp_fn(cotangent)
 
-    def per_sample_vjp(self, cotangent: Tensor) -> tuple[Tensor, ...]:
+    def _per_sample(self, inputs: Any, cotangent: Tensor) -> tuple[Tensor, ...]:
         def one(sample: Any, u: Tensor) -> tuple[Tensor, ...]:
-            batched = torch.utils._pytree.tree_map(lambda t: t.unsqueeze(0), sample)
+            batched = _map_inputs(lambda t: t.unsqueeze(0), sample)
             _, pullback = vjp(lambda *ps: self._reshape(self._fn(ps, batched)), *self.params)
             return pullback(u.unsqueeze(0))
 
-        return vmap(one, chunk_size=self._chunk_size)(self._inputs, cotangent)
+        return vmap(one, chunk_size=self._chunk_size)(inputs, cotangent)
+
+    def per_sample_vjp(self, cotangent: Tensor) -> tuple[Tensor, ...]:
+        return self._per_sample(self._inputs, cotangent)
 
     def squared_vjp_sum(self, cotangent: Tensor) -> tuple[Tensor, ...]:
         n = cotangent.shape[0]
         step = self._chunk_size or n
         total = [torch.zeros_like(p) for p in self.params]
         for start in range(0, n, step):
-            part = torch.utils._pytree.tree_map(lambda t: t[start : start + step], self._inputs)
-            sub = FunctionalLinearization.__new__(FunctionalLinearization)
-            sub.params, sub._fn, sub._inputs, sub._chunk_size = self.params, self._fn, part, None
-            for acc, g in zip(total, sub.per_sample_vjp(cotangent[start : start + step])):
+            part = _map_inputs(lambda t: t[start : start + step], self._inputs)
+            for acc, g in zip(total, self._per_sample(part, cotangent[start : start + step])):
                 acc.add_(g.square().sum(0))
         return tuple(total)
+
+
+def _map_inputs(fn: Callable[[Tensor], Tensor], inputs: Any) -> Any:
+    """Apply ``fn`` to every tensor of a batch given as a tensor, a dict, a tuple or a list of them."""
+    if isinstance(inputs, Tensor):
+        return fn(inputs)
+    if isinstance(inputs, dict):
+        return {key: _map_inputs(fn, value) for key, value in inputs.items()}
+    if isinstance(inputs, (tuple, list)):
+        return type(inputs)(_map_inputs(fn, value) for value in inputs)
+    raise TypeError(f"inputs must be tensors, or dicts/tuples/lists of tensors, got {type(inputs).__name__}")
 
 
 # --- fast path: chains of Linear layers and elementwise activations -------------------------
