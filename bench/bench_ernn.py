@@ -4,7 +4,7 @@
     python bench/bench_ernn.py learn --seeds 0 1 2      # learning table (long on 2 cores: see --steps)
 
 Learning protocol: the same seeds and the same run for every method; a separate evaluation env,
-deterministic episodes every ``--eval-freq`` steps (20 for the corridor, 10 for CartPoleNoVel);
+deterministic episodes every few thousand steps (see TASKS; 20 episodes for the corridor, 10 for CartPoleNoVel);
 "steps to threshold" is the first evaluation at or above it (CartPoleNoVel 475; corridor 0.9, i.e. at
 most one wrong choice in 20); training seconds exclude evaluation; one torch thread per run. At each
 evaluation ‖∂h_T/∂h_0‖₂ of the actor's cell is measured over the last T = 200 observations of
@@ -31,14 +31,14 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 RESULTS = ROOT / "bench" / "results"
 
-# task -> (env id, env kwargs, threshold, eval episodes, n_steps per env and update)
-# n_steps covers several episodes so that most decisions have their cue inside the rollout's sequence
-# (gradients do not flow past the stored start state of a rollout).
-TASKS: dict[str, tuple[str, dict[str, Any], float, int, int]] = {
-    "cartpole_novel": ("ngrl/CartPoleNoVel-v1", {}, 475.0, 10, 64),
-    "corridor10": ("ngrl/CueCorridor-v0", {"delay": 10}, 0.9, 20, 64),
-    "corridor50": ("ngrl/CueCorridor-v0", {"delay": 50}, 0.9, 20, 256),
-    "corridor200": ("ngrl/CueCorridor-v0", {"delay": 200}, 0.9, 20, 1024),
+# task -> (env id, env kwargs, threshold, eval episodes, n_steps per env and update, n_envs, eval every)
+# For the corridor, n_steps exceeds an episode (delay + 2 steps) so that most decisions have their
+# cue inside the rollout's sequence: gradients do not flow past the stored start state of a rollout.
+TASKS: dict[str, tuple[str, dict[str, Any], float, int, int, int, int]] = {
+    "corridor10": ("ngrl/CueCorridor-v0", {"delay": 10}, 0.9, 20, 64, 8, 2_500),
+    "corridor50": ("ngrl/CueCorridor-v0", {"delay": 50}, 0.9, 20, 128, 8, 5_000),
+    "corridor200": ("ngrl/CueCorridor-v0", {"delay": 200}, 0.9, 20, 512, 4, 10_000),
+    "cartpole_novel": ("ngrl/CartPoleNoVel-v1", {}, 475.0, 10, 64, 8, 5_000),
 }
 METHODS = ("npg-ernn", "npg-lstm", "npg-mlp", "rppo-lstm")
 ERNN_POLICY = dict(cell="ernn", hidden_size=64, net_arch=[32])
@@ -46,7 +46,7 @@ LSTM_POLICY = dict(cell="lstm", hidden_size=64, net_arch=[64])
 
 
 def make_model(method: str, task: str, seed: int, env):
-    _, _, _, _, n_steps = TASKS[task]
+    n_steps = TASKS[task][4]
     npg_params = dict(
         n_steps=n_steps, batch_size=256, gamma=0.99, gae_lambda=0.95, target_kl=0.01, cg_damping=0.1,
         n_critic_updates=10, learning_rate=1e-3, seed=seed,
@@ -59,7 +59,7 @@ def make_model(method: str, task: str, seed: int, env):
             "MlpLstmPolicy", env, n_steps=n_steps if task != "cartpole_novel" else 32, batch_size=256, n_epochs=20,
             learning_rate=1e-3, gamma=0.99 if task != "cartpole_novel" else 0.999, gae_lambda=0.95 if task != "cartpole_novel" else 0.98,
             ent_coef=0.0, seed=seed,
-            policy_kwargs=dict(lstm_hidden_size=64, net_arch=[64], activation_fn=torch.nn.ReLU, ortho_init=False, enable_critic_lstm=True),
+            policy_kwargs=dict(lstm_hidden_size=64, net_arch=[64], activation_fn=torch.nn.ReLU, enable_critic_lstm=True),
         )
     from agents import NPG
 
@@ -127,13 +127,13 @@ def evaluate(model, env, n_episodes: int) -> tuple[float, np.ndarray]:
     return float(np.mean(returns)), np.asarray(history[-200:])
 
 
-def learning_run(method: str, task: str, seed: int, n_timesteps: int, eval_freq: int) -> dict[str, Any]:
+def learning_run(method: str, task: str, seed: int, n_timesteps: int) -> dict[str, Any]:
     torch.set_num_threads(1)
     import envs  # noqa: F401
     from stable_baselines3.common.env_util import make_vec_env
 
-    env_id, env_kwargs, threshold, n_eval, _ = TASKS[task]
-    env = make_vec_env(env_id, n_envs=8, seed=seed, env_kwargs=env_kwargs)
+    env_id, env_kwargs, threshold, n_eval, _, n_envs, eval_freq = TASKS[task]
+    env = make_vec_env(env_id, n_envs=n_envs, seed=seed, env_kwargs=env_kwargs)
     eval_env = make_vec_env(env_id, n_envs=1, seed=seed + 10_000, env_kwargs=env_kwargs)
     model = make_model(method, task, seed, env)
     evals, grad_norms, train_seconds = [], [], 0.0
@@ -187,14 +187,14 @@ def table(runs: list[dict[str, Any]]) -> str:
 
 
 def cmd_learn(args: argparse.Namespace) -> None:
-    jobs = [(m, t, s) for t in args.tasks for m in args.methods for s in args.seeds]
+    jobs = [(m, t, s) for t in args.tasks for s in args.seeds for m in args.methods]
     steps = dict(zip(TASKS, args.steps))
     out = RESULTS / f"ernn_learn{args.tag}.json"
     runs: list[dict[str, Any]] = json.loads(out.read_text())["runs"] if args.resume and out.exists() else []
     done = {(r["method"], r["task"], r["seed"]) for r in runs}
     jobs = [j for j in jobs if j not in done]
     with ProcessPoolExecutor(max_workers=args.workers) as pool:
-        futures = {pool.submit(learning_run, m, t, s, steps[t], args.eval_freq): (m, t, s) for m, t, s in jobs}
+        futures = {pool.submit(learning_run, m, t, s, steps[t]): (m, t, s) for m, t, s in jobs}
         for future in futures:
             runs.append(future.result())
             print(f"done {futures[future]}: final {runs[-1]['final_eval']:.3g}, hit {runs[-1]['steps_to_threshold']}", flush=True)
@@ -249,8 +249,7 @@ def main() -> None:
     learn.add_argument("--tasks", nargs="+", default=list(TASKS), choices=list(TASKS))
     learn.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
     learn.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
-    learn.add_argument("--steps", nargs=4, type=int, default=[100_000, 30_000, 60_000, 100_000], help="steps per task, in TASKS order")
-    learn.add_argument("--eval-freq", type=int, default=5_000)
+    learn.add_argument("--steps", nargs=4, type=int, default=[15_000, 40_000, 60_000, 30_000], help="steps per task, in TASKS order")
     learn.add_argument("--workers", type=int, default=2)
     learn.add_argument("--tag", default="", help="suffix of the results file")
     learn.add_argument("--resume", action="store_true", help="skip runs already in the results file")
