@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+from pathlib import Path
+
 import gymnasium as gym
 import numpy as np
 import pytest
 import torch
+import yaml
 from torch import nn
 from torch.func import functional_call
 from torch.nn import functional as F
@@ -281,6 +286,28 @@ def test_registered_for_the_command_line():
     assert ALGOS["ngdqn"] is NGDQN
 
 
+def test_command_line_train_then_eval(tmp_path):
+    root = Path(__file__).resolve().parents[1]
+    train = subprocess.run(
+        [sys.executable, "train.py", "train", "--algo", "ngdqn", "--env", "CartPole-v1", "--n-timesteps", "300",
+         "--log-folder", str(tmp_path), "--n-eval-episodes", "2", "--device", "cpu",
+         "--hyperparams", "learning_starts=100", "policy_kwargs=dict(net_arch=[16])", "damping=0.5", "target_update_interval=None"],
+        cwd=root, capture_output=True, text=True, timeout=300,
+    )
+    assert train.returncode == 0, train.stderr
+    checkpoint = tmp_path / "ngdqn" / "CartPole-v1_1" / "CartPole-v1.zip"
+    assert checkpoint.is_file(), train.stdout
+    config = yaml.safe_load((checkpoint.parent / "config.yml").read_text())
+    assert config["hyperparams"]["damping"] == 0.5 and config["hyperparams"]["target_update_interval"] is None
+    evaluation = subprocess.run(
+        [sys.executable, "train.py", "eval", "--algo", "ngdqn", "--env", "CartPole-v1", "--model", str(checkpoint),
+         "--n-episodes", "2", "--device", "cpu"],
+        cwd=root, capture_output=True, text=True, timeout=300,
+    )
+    assert evaluation.returncode == 0, evaluation.stderr
+    assert "Evaluation of ngdqn on CartPole-v1 over 2 episodes" in evaluation.stdout
+
+
 @pytest.mark.parametrize(
     "kwargs, match",
     [
@@ -322,9 +349,6 @@ def test_runs_on_cuda():
 
 @pytest.mark.slow
 def test_cartpole_is_solved_within_100k_steps():
-    import yaml
-    from pathlib import Path
-
     from stable_baselines3.common.evaluation import evaluate_policy
 
     torch.set_num_threads(1)

@@ -318,7 +318,13 @@ class NGDQN(CheckpointMixin, DQN):
 
         step_size = learning_rate
         need_quadratic = self.target_kl is not None or self.adaptive_damping
-        quadratic = float(torch.dot(direction, curvature.mv(direction))) if need_quadratic else float("nan")
+        quadratic = float("nan")
+        if need_quadratic:
+            # xᵀGx = (1/n) Σᵢ ‖Jᵢx‖² over the outputs G counts: one jvp, no vjp.
+            change = linearization.jvp(unflatten(direction, params))
+            if self.curvature_outputs == "action":
+                change = change.gather(1, actions)
+            quadratic = float(change.square().sum()) / n
         if self.target_kl is not None and quadratic > 0:
             # KL(N(Q_old, 1) ‖ N(Q_new, 1)) ≈ ½η² xᵀGx ≤ δ  ⇒  η ≤ sqrt(2δ / xᵀGx).
             step_size = min(step_size, kl_step_size(quadratic, self.target_kl))
