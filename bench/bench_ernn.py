@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import pathlib
 import statistics
 import sys
@@ -37,7 +36,7 @@ RESULTS = ROOT / "bench" / "results"
 TASKS: dict[str, tuple[str, dict[str, Any], float, int, int, int, int]] = {
     "corridor10": ("ngrl/CueCorridor-v0", {"delay": 10}, 0.9, 20, 64, 8, 2_500),
     "corridor50": ("ngrl/CueCorridor-v0", {"delay": 50}, 0.9, 20, 128, 8, 5_000),
-    "corridor200": ("ngrl/CueCorridor-v0", {"delay": 200}, 0.9, 20, 512, 4, 10_000),
+    "corridor200": ("ngrl/CueCorridor-v0", {"delay": 200}, 0.9, 20, 512, 4, 15_000),
     "cartpole_novel": ("ngrl/CartPoleNoVel-v1", {}, 475.0, 10, 64, 8, 5_000),
 }
 METHODS = ("npg-ernn", "npg-lstm", "npg-mlp", "rppo-lstm")
@@ -200,7 +199,9 @@ def cmd_learn(args: argparse.Namespace) -> None:
             print(f"done {futures[future]}: final {runs[-1]['final_eval']:.3g}, hit {runs[-1]['steps_to_threshold']}", flush=True)
             RESULTS.mkdir(parents=True, exist_ok=True)
             out.write_text(json.dumps({"command": " ".join(sys.argv), "steps": steps, "runs": runs}, indent=1))
-    print(table(runs))
+    text = table(runs)
+    print(text)
+    (RESULTS / f"ernn_learn{args.tag}.md").write_text(f"`{' '.join(sys.argv)}` (and earlier runs resumed from the JSON)\n\n{text}\n")
 
 
 def cmd_gradnorm(args: argparse.Namespace) -> None:
@@ -230,14 +231,12 @@ def cmd_gradnorm(args: argparse.Namespace) -> None:
 
                 jac = torch.autograd.functional.jacobian(last_h, torch.zeros(64))
                 rows.append({"cell": name, "seed": seed, "T": horizon, "norm": float(torch.linalg.matrix_norm(jac, ord=2))})
-    print("| cell | " + " | ".join(f"T = {h}" for h in args.horizons) + " |")
-    print("|---|" + "---|" * len(args.horizons))
+    lines = ["| cell (hidden 64, median of seeds) | " + " | ".join(f"T = {h}" for h in args.horizons) + " |"]
+    lines.append("|---|" + "---|" * len(args.horizons))
     for name in ("ernn", "lstm", "gru", "tanh-rnn"):
-        cells = []
-        for horizon in args.horizons:
-            values = [r["norm"] for r in rows if r["cell"] == name and r["T"] == horizon]
-            cells.append(f"{statistics.median(values):.3g}" + ("" if math.isfinite(statistics.median(values)) else ""))
-        print(f"| {name} | " + " | ".join(cells) + " |")
+        cells = [f"{statistics.median(r['norm'] for r in rows if r['cell'] == name and r['T'] == h):.3g}" for h in args.horizons]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    print("\n".join(lines))
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "ernn_gradnorm.json").write_text(json.dumps({"command": " ".join(sys.argv), "rows": rows}, indent=1))
 

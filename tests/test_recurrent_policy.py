@@ -298,3 +298,43 @@ def test_cli_trains_and_evaluates_an_ernn_policy(tmp_path) -> None:
     done = subprocess.run(evaluate, cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     assert "Evaluation of npg on ngrl/CartPoleNoVel-v1 over 2 episodes" in done.stdout
+
+
+# --- learning (slow: python -m pytest -m slow) ----------------------------------------------------
+
+
+def _evaluate(model: NPG, env_id: str, n_episodes: int, seed: int, **env_kwargs) -> float:
+    from stable_baselines3.common.evaluation import evaluate_policy
+
+    env = make_vec_env(env_id, n_envs=1, seed=seed, env_kwargs=env_kwargs)
+    mean, _ = evaluate_policy(model, env, n_eval_episodes=n_episodes, deterministic=True, warn=False)
+    return float(mean)
+
+
+@pytest.mark.slow
+def test_npg_ernn_remembers_the_cue_over_10_steps() -> None:
+    env = make_vec_env("ngrl/CueCorridor-v0", n_envs=8, seed=0, env_kwargs={"delay": 10})
+    model = NPG(
+        "MlpErnnPolicy", env, n_steps=64, batch_size=256, sequence_length=16, seed=0,
+        policy_kwargs=dict(cell="ernn", hidden_size=64, net_arch=[32]),
+    )
+    model.learn(15_000)
+    assert _evaluate(model, "ngrl/CueCorridor-v0", 20, seed=10_000, delay=10) >= 0.9
+
+
+@pytest.mark.slow
+@pytest.mark.xfail(
+    strict=False,
+    reason="expected to fall short (measured on seed 0, heads [64]: eval 65 after 20k steps, where the LSTM cell had 319 "
+    "after 15k): the ERNN memory is an alternating running sum that does not forget, while this task needs short velocity "
+    "differences. See bench/results/ernn_learn.json.",
+)
+def test_npg_ernn_balances_cartpole_without_velocities() -> None:
+    import yaml
+
+    config = yaml.safe_load((ROOT / "configs" / "npg.yml").read_text())["ngrl/CartPoleNoVel-v1"]
+    params = {k: v for k, v in config.items() if k not in ("n_timesteps", "policy", "n_envs")}
+    env = make_vec_env("ngrl/CartPoleNoVel-v1", n_envs=config["n_envs"], seed=0)
+    model = NPG(config["policy"], env, seed=0, **params)
+    model.learn(int(config["n_timesteps"]))
+    assert _evaluate(model, "ngrl/CartPoleNoVel-v1", 20, seed=10_000) >= 475
