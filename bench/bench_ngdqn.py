@@ -76,6 +76,9 @@ def make_algo(algo: str, env_id: str, venv, seed: int, overrides: dict[str, Any]
 
     if algo == "ngdqn":
         return NGDQN("MlpPolicy", venv, seed=seed, device="cpu", **{**ngdqn_config(env_id), **overrides})
+    if algo == "ngdqn-target":  # the same NGDQN with DQN's target network, refreshed every 500 steps
+        config = {**ngdqn_config(env_id), "target_update_interval": 500, **overrides}
+        return NGDQN("MlpPolicy", venv, seed=seed, device="cpu", **config)
     config = dict(DQN_ZOO[env_id])
     if algo == "dqn":
         return DQN("MlpPolicy", venv, seed=seed, device="cpu", **config)
@@ -202,7 +205,7 @@ def cmd_learn(args: argparse.Namespace) -> None:
         key, _, value = pair.partition("=")
         overrides[key] = yaml.safe_load(value)
     jobs = [
-        (algo, args.env, seed, args.steps, args.eval_freq, args.eval_episodes, overrides if algo == "ngdqn" else {})
+        (algo, args.env, seed, args.steps, args.eval_freq, args.eval_episodes, overrides if algo.startswith("ngdqn") else {})
         for seed in args.seeds
         for algo in args.algos
     ]
@@ -233,7 +236,7 @@ def cmd_step_cost(args: argparse.Namespace) -> None:
     for net_arch in args.net_archs:
         arch = [int(w) for w in net_arch.split("x")]
         for batch_size in args.batch_sizes:
-            timings = {}
+            models = {}
             for name in ("dqn", "ngdqn", "ngdqn-adaptive"):
                 kwargs = dict(learning_starts=0, buffer_size=10_000, batch_size=batch_size, policy_kwargs=dict(net_arch=arch), seed=0, device="cpu")
                 if name == "dqn":
@@ -244,12 +247,15 @@ def cmd_step_cost(args: argparse.Namespace) -> None:
                 model.learn(2_000)  # fills the buffer
                 model.set_logger(Logger(folder=None, output_formats=[]))
                 model.train(gradient_steps=20, batch_size=batch_size)  # warm-up
-                samples = []
-                for _ in range(args.repeats):
+                models[name] = model
+            # Rounds alternate between the algorithms so that load from other processes hits all alike.
+            samples: dict[str, list[float]] = {name: [] for name in models}
+            for _ in range(args.repeats):
+                for name, model in models.items():
                     start = time.perf_counter()
                     model.train(gradient_steps=args.gradient_steps, batch_size=batch_size)
-                    samples.append((time.perf_counter() - start) / args.gradient_steps)
-                timings[name] = float(np.median(samples))
+                    samples[name].append((time.perf_counter() - start) / args.gradient_steps)
+            timings = {name: float(np.median(values)) for name, values in samples.items()}
             rows.append({"net_arch": arch, "batch_size": batch_size, "cg_max_steps": args.cg_max_steps, **{f"{k}_s": v for k, v in timings.items()}})
     lines = [
         f"| net | batch | DQN ms/step | NGDQN ms/step (fixed d, {args.cg_max_steps} CG) | ratio | NGDQN adaptive d ms/step | ratio |",

@@ -80,7 +80,9 @@ def _batch(n: int = 12, seed: int = 0) -> ReplayBufferSamples:
     )
 
 
-def _dense_reference(model: NGDQN, data: ReplayBufferSamples, *, lr: float, damping: float, use_target: bool):
+def _dense_reference(
+    model: NGDQN, data: ReplayBufferSamples, *, lr: float, damping: float, use_target: bool, max_grad_norm: float | None = None
+):
     """θ₁ = θ₀ − η (G + dI)⁻¹ ∇L computed densely: G from torch.autograd.functional.jacobian, ∇L by autograd."""
     q_net = model.q_net
     names = [name for name, _ in q_net.named_parameters()]
@@ -120,7 +122,8 @@ def _dense_reference(model: NGDQN, data: ReplayBufferSamples, *, lr: float, damp
     theta = theta0.clone().requires_grad_(True)
     gradient = torch.autograd.grad(loss(theta), theta)[0]
     eye = torch.eye(len(theta0), dtype=torch.float64)
-    direction = torch.linalg.solve(gauss_newton + damping * eye, gradient)
+    rhs = gradient if max_grad_norm is None else gradient * min(1.0, max_grad_norm / float(gradient.norm()))
+    direction = torch.linalg.solve(gauss_newton + damping * eye, rhs)
     quadratic = float(direction @ gauss_newton @ direction)
     if model.target_kl is not None:
         lr = min(lr, float(np.sqrt(2 * model.target_kl / quadratic)))
@@ -150,6 +153,16 @@ def test_one_step_equals_dense_natural_gradient(use_target, curvature_outputs, t
     got = torch.cat([p.detach().reshape(-1) for p in model.q_net.parameters()])
     assert stats.cg_residual < 1e-10
     torch.testing.assert_close(got, expected, rtol=1e-9, atol=1e-10)
+
+
+def test_preconditioned_solve_with_clipped_gradient_equals_dense_step():
+    model = _float64_model(FlattenExtractor, damping=0.3, cg_max_steps=100, use_preconditioner=True, max_grad_norm=0.05)
+    data = _batch()
+    expected, _, _ = _dense_reference(model, data, lr=0.7, damping=0.3, use_target=False, max_grad_norm=0.05)
+    unclipped, _, _ = _dense_reference(model, data, lr=0.7, damping=0.3, use_target=False)
+    assert (expected - unclipped).abs().max() > 1e-4  # the clipping is active in this test
+    model._natural_step(data, 0.7)
+    torch.testing.assert_close(torch.cat([p.detach().reshape(-1) for p in model.q_net.parameters()]), expected, rtol=1e-9, atol=1e-10)
 
 
 def test_few_cg_iterations_are_not_the_exact_solve():
@@ -349,6 +362,7 @@ def test_runs_on_cuda():
 
 @pytest.mark.slow
 def test_cartpole_is_solved_within_100k_steps():
+    from stable_baselines3.common.callbacks import BaseCallback
     from stable_baselines3.common.evaluation import evaluate_policy
 
     torch.set_num_threads(1)
@@ -356,11 +370,17 @@ def test_cartpole_is_solved_within_100k_steps():
     kwargs = {k: v for k, v in config.items() if k not in ("n_timesteps", "policy", "n_envs", "normalize")}
     model = NGDQN(config.get("policy", "MlpPolicy"), "CartPole-v1", seed=0, device="cpu", **kwargs)
     eval_env = gym.make("CartPole-v1")
-    best = -np.inf
-    for _ in range(20):
-        model.learn(5_000, reset_num_timesteps=False)
-        mean, _ = evaluate_policy(model, eval_env, n_eval_episodes=10, deterministic=True)
-        best = max(best, mean)
-        if best >= 475:
-            break
-    assert best >= 475, f"best evaluation {best} within 100k steps"
+    eval_env.reset(seed=10_000)
+
+    class EvaluateUntilSolved(BaseCallback):
+        best = -np.inf
+
+        def _on_step(self) -> bool:
+            if self.num_timesteps % 5_000 == 0:
+                mean, _ = evaluate_policy(self.model, eval_env, n_eval_episodes=10, deterministic=True)
+                self.best = max(self.best, mean)
+            return self.best < 475  # returning False stops training
+
+    callback = EvaluateUntilSolved()
+    model.learn(100_000, callback=callback)
+    assert callback.best >= 475, f"best evaluation {callback.best} within 100k steps"

@@ -127,7 +127,7 @@ class NGDQN(CheckpointMixin, DQN):
         self,
         policy: str | type[DQNPolicy],
         env: GymEnv | str,
-        learning_rate: float | Schedule = 0.1,
+        learning_rate: float | Schedule = 0.6,
         buffer_size: int = 1_000_000,
         learning_starts: int = 100,
         batch_size: int = 64,
