@@ -43,7 +43,9 @@ class ERNNCell(nn.Module):
     :param eta: η, the step of the iteration (ηγ = 1 makes ∂h/∂h_prev → −I fastest)
     :param gamma: γ, the decay of the equilibrium equation
     :param activation: φ: "tanh", "relu" or "sigmoid"
-    :param learn_eta: learn one ηᵢ per iteration (the paper's follow-up), initialised to ``eta``
+    :param learn_eta: learn one ηᵢ per iteration (the paper's follow-up), initialised to ``eta`` and
+        clamped in use to (0, 0.95·2/(γ + ρ·max φ′)], where each step still contracts (unclamped,
+        a drifting η made the state diverge to NaN in a CartPoleNoVel run). η ≠ 1/γ gives up the exact −I.
     :param max_recurrent_norm: ρ, bound on ‖U‖₂ enforced by the parametrisation U = V·min(1, ρ/‖V‖₂);
         default γ/(2·max φ′); ``math.inf`` turns the bound off
     :param bias: learn b
@@ -90,6 +92,9 @@ class ERNNCell(nn.Module):
         else:
             self.register_buffer("eta", torch.full((num_iters,), float(eta)), persistent=False)
         self._eta_values = [float(eta)] * num_iters  # fixed steps as Python numbers: no tensor ops for η
+        # with no bound on U (ρ = ∞) only the decay term can be kept stable: η < 2/γ
+        slope_bound = 0.0 if math.isinf(self.max_recurrent_norm) else self.max_recurrent_norm * _MAX_SLOPE[activation]
+        self._eta_max = 0.95 * 2.0 / (gamma + slope_bound)
         self._cache_key: tuple | None = None
         self._cached_weight: Tensor | None = None
         self.reset_parameters()
@@ -138,8 +143,10 @@ class ERNNCell(nn.Module):
         weight_t = recurrent_weight.T
         z = h_prev
         if isinstance(self.eta, nn.Parameter):
+            # learned steps are kept below 2/(γ + ρ·max φ′), where |1 − ηγ| + η·ρ·max φ′ < 1: each step contracts
+            etas = self.eta.clamp(1e-4, self._eta_max)
             for i in range(self.num_iters):
-                eta = self.eta[i]
+                eta = etas[i]
                 z = (1.0 - eta * self.gamma) * z + eta * self._phi(torch.addmm(drive, z, weight_t))
         else:
             for eta in self._eta_values:

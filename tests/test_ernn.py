@@ -157,6 +157,17 @@ def test_learnable_eta_gets_gradients() -> None:
     assert "eta" not in dict(fixed.named_parameters()) and "eta" not in fixed.state_dict()
 
 
+def test_learnable_eta_is_kept_where_the_iteration_contracts() -> None:
+    cell = make_cell(num_iters=20, learn_eta=True)
+    with torch.no_grad():
+        cell.eta.fill_(10.0)  # far beyond 2/γ: an unclamped iteration would blow up
+    x, h_prev = data()
+    with torch.no_grad():
+        h = cell(x, h_prev)
+        assert torch.isfinite(h).all()
+        assert float(cell.residual(h, h_prev, x).norm()) < 1e-3
+
+
 def test_float32_runs() -> None:
     torch.manual_seed(0)
     model = ERNN(3, 8)
