@@ -17,7 +17,7 @@ reuse the stored activations: four matrix products per layer and no re-run of th
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any, Protocol
 
 import torch
@@ -200,6 +200,7 @@ class MLPChainLinearization:
                     self._ops.append(("act", _activation_derivative(m, a, post)))
                     a = post
         self.outputs = a.reshape(a.shape[0], -1)
+        self._first_linear = next(i for i, op in enumerate(self._ops) if op[0] == "linear")
 
     def jvp(self, tangents: Sequence[Tensor]) -> Tensor:
         it = iter(tangents)
@@ -217,10 +218,12 @@ class MLPChainLinearization:
         assert t is not None
         return t
 
-    def _backward(self, cotangent: Tensor, squared: bool) -> tuple[Tensor, ...]:
+    def layers_backward(self, cotangent: Tensor) -> Iterator[tuple[Tensor, bool, Tensor, Tensor]]:
+        """Walk the chain backwards: for each Linear layer, last first, (weight, has_bias, layer input a, δ).
+
+        δ (n, out) is the cotangent of the layer's pre-activation output z, per sample.
+        """
         delta = cotangent
-        grads: list[Tensor] = []
-        first_linear = next(i for i, op in enumerate(self._ops) if op[0] == "linear")
         for index in range(len(self._ops) - 1, -1, -1):
             op = self._ops[index]
             if op[0] == "act":
@@ -228,36 +231,26 @@ class MLPChainLinearization:
                     delta = delta * op[1]
                 continue
             _, weight, has_bias, a_in = op
-            if has_bias:
-                grads.append(delta.square().sum(0) if squared else delta.sum(0))
-            grads.append(delta.square().T @ a_in.square() if squared else delta.T @ a_in)
-            if index != first_linear:
+            yield weight, has_bias, a_in, delta
+            if index != self._first_linear:
                 delta = delta @ weight
+
+    def _collect(self, cotangent: Tensor, bias_term, weight_term) -> tuple[Tensor, ...]:
+        grads: list[Tensor] = []
+        for _, has_bias, a_in, delta in self.layers_backward(cotangent):
+            if has_bias:
+                grads.append(bias_term(delta))
+            grads.append(weight_term(delta, a_in))
         return tuple(reversed(grads))
 
     def vjp(self, cotangent: Tensor) -> tuple[Tensor, ...]:
-        return self._backward(cotangent, squared=False)
+        return self._collect(cotangent, lambda d: d.sum(0), lambda d, a: d.T @ a)
 
     def squared_vjp_sum(self, cotangent: Tensor) -> tuple[Tensor, ...]:
-        return self._backward(cotangent, squared=True)
+        return self._collect(cotangent, lambda d: d.square().sum(0), lambda d, a: d.square().T @ a.square())
 
     def per_sample_vjp(self, cotangent: Tensor) -> tuple[Tensor, ...]:
-        delta = cotangent
-        grads: list[Tensor] = []
-        first_linear = next(i for i, op in enumerate(self._ops) if op[0] == "linear")
-        for index in range(len(self._ops) - 1, -1, -1):
-            op = self._ops[index]
-            if op[0] == "act":
-                if op[1] is not None:
-                    delta = delta * op[1]
-                continue
-            _, weight, has_bias, a_in = op
-            if has_bias:
-                grads.append(delta)
-            grads.append(delta.unsqueeze(2) * a_in.unsqueeze(1))
-            if index != first_linear:
-                delta = delta @ weight
-        return tuple(reversed(grads))
+        return self._collect(cotangent, lambda d: d, lambda d, a: d.unsqueeze(2) * a.unsqueeze(1))
 
 
 class BroadcastLinearization:
@@ -284,11 +277,11 @@ class ConcatLinearization:
     """Several linearisations over disjoint parameters, their outputs side by side."""
 
     def __init__(self, parts: Sequence[Linearization]) -> None:
-        self._parts = list(parts)
-        self.params = tuple(p for part in self._parts for p in part.params)
-        self.outputs = torch.cat([part.outputs for part in self._parts], dim=-1)
-        self._widths = [part.outputs.shape[-1] for part in self._parts]
-        self._counts = [len(part.params) for part in self._parts]
+        self.parts = list(parts)
+        self.params = tuple(p for part in self.parts for p in part.params)
+        self.outputs = torch.cat([part.outputs for part in self.parts], dim=-1)
+        self.widths = [part.outputs.shape[-1] for part in self.parts]
+        self._counts = [len(part.params) for part in self.parts]
 
     def _split_params(self, values: Sequence[Tensor]) -> list[Sequence[Tensor]]:
         out, start = [], 0
@@ -298,11 +291,11 @@ class ConcatLinearization:
         return out
 
     def jvp(self, tangents: Sequence[Tensor]) -> Tensor:
-        return torch.cat([part.jvp(t) for part, t in zip(self._parts, self._split_params(tangents))], dim=-1)
+        return torch.cat([part.jvp(t) for part, t in zip(self.parts, self._split_params(tangents))], dim=-1)
 
     def _map(self, method: str, cotangent: Tensor) -> tuple[Tensor, ...]:
-        chunks = torch.split(cotangent, self._widths, dim=-1)
-        return tuple(g for part, u in zip(self._parts, chunks) for g in getattr(part, method)(u))
+        chunks = torch.split(cotangent, self.widths, dim=-1)
+        return tuple(g for part, u in zip(self.parts, chunks) for g in getattr(part, method)(u))
 
     def vjp(self, cotangent: Tensor) -> tuple[Tensor, ...]:
         return self._map("vjp", cotangent)

@@ -2,6 +2,7 @@
 
 from ngrl.fisher.distributions import OutputDistribution, from_sb3
 from ngrl.fisher.gauss_newton import gauss_newton
+from ngrl.fisher.kfac import KFACOperator, kfac_from_linearization
 from ngrl.fisher.operator import CurvatureOperator, DiagonalOperator, GaussNewtonOperator
 from ngrl.fisher.policy import ESTIMATORS, ActorOutputs, actor_parameters, policy_distribution, policy_fisher, policy_linearization
 
@@ -11,10 +12,12 @@ __all__ = [
     "CurvatureOperator",
     "DiagonalOperator",
     "GaussNewtonOperator",
+    "KFACOperator",
     "OutputDistribution",
     "actor_parameters",
     "from_sb3",
     "gauss_newton",
+    "kfac_from_linearization",
     "policy_distribution",
     "policy_fisher",
     "policy_linearization",

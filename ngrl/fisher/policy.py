@@ -11,6 +11,7 @@ from stable_baselines3.common.policies import ActorCriticPolicy
 from stable_baselines3.common.preprocessing import preprocess_obs
 
 from ngrl.fisher.distributions import OutputDistribution, from_sb3
+from ngrl.fisher.kfac import kfac_from_linearization
 from ngrl.fisher.operator import CurvatureOperator, DiagonalOperator, GaussNewtonOperator
 from ngrl.linearize import (
     BroadcastLinearization,
@@ -24,7 +25,7 @@ from ngrl.linearize import (
 
 __all__ = ["ESTIMATORS", "actor_parameters", "ActorOutputs", "policy_distribution", "policy_linearization", "policy_fisher"]
 
-ESTIMATORS = ("exact", "score", "empirical", "diagonal")
+ESTIMATORS = ("exact", "score", "empirical", "diagonal", "kfac")
 
 
 def _check_policy(policy: nn.Module) -> None:
@@ -131,6 +132,8 @@ def policy_fisher(
       Fisher and can badly misstate curvature; on on-policy rollouts the taken actions *are* model
       samples, which is the only setting where it estimates F. Never the default.
     - ``"diagonal"``: diag of the exact Fisher (cheap; also a good CG preconditioner).
+    - ``"kfac"``: Kronecker-factored blocks per layer (Martens & Grosse 2015), with the expectation over
+      actions in closed form; the operator also has ``.solve(v)`` ≈ (F + λI)⁻¹v. MLP actors only.
 
     :param obs: a batch of observations (tensor, or dict of tensors), on the policy's device
     :param actions: the actions for ``"empirical"``
@@ -143,6 +146,8 @@ def policy_fisher(
     lin = policy_linearization(policy, obs, params)
     owner_params = actor_parameters(policy) if params is None else list(params)
     outputs = lin.outputs
+    if estimator == "kfac":
+        return kfac_from_linearization(lin, family.fisher_sqrt(outputs), owner_params, damping)
     if estimator in ("exact", "diagonal"):
         operator = GaussNewtonOperator(
             lin,
