@@ -47,17 +47,31 @@ LSTM_POLICY = dict(cell="lstm", hidden_size=64, net_arch=[64])
 def make_model(method: str, task: str, seed: int, env):
     n_steps = TASKS[task][4]
     npg_params = dict(
-        n_steps=n_steps, batch_size=256, gamma=0.99, gae_lambda=0.95, target_kl=0.01, cg_damping=0.1,
-        n_critic_updates=10, learning_rate=1e-3, seed=seed,
+        n_steps=n_steps,
+        batch_size=256,
+        gamma=0.99,
+        gae_lambda=0.95,
+        target_kl=0.01,
+        cg_damping=0.1,
+        n_critic_updates=10,
+        learning_rate=1e-3,
+        seed=seed,
     )
     if method == "rppo-lstm":
         from sb3_contrib import RecurrentPPO
 
         # BASELINES.md's CartPoleNoVel entry (the zoo's ppo_lstm), with this task's n_steps
         return RecurrentPPO(
-            "MlpLstmPolicy", env, n_steps=n_steps if task != "cartpole_novel" else 32, batch_size=256, n_epochs=20,
-            learning_rate=1e-3, gamma=0.99 if task != "cartpole_novel" else 0.999, gae_lambda=0.95 if task != "cartpole_novel" else 0.98,
-            ent_coef=0.0, seed=seed,
+            "MlpLstmPolicy",
+            env,
+            n_steps=n_steps if task != "cartpole_novel" else 32,
+            batch_size=256,
+            n_epochs=20,
+            learning_rate=1e-3,
+            gamma=0.99 if task != "cartpole_novel" else 0.999,
+            gae_lambda=0.95 if task != "cartpole_novel" else 0.98,
+            ent_coef=0.0,
+            seed=seed,
             policy_kwargs=dict(lstm_hidden_size=64, net_arch=[64], activation_fn=torch.nn.ReLU, enable_critic_lstm=True),
         )
     from agents import NPG
@@ -145,9 +159,17 @@ def learning_run(method: str, task: str, seed: int, n_timesteps: int) -> dict[st
         grad_norms.append(hidden_gradient_norm(model, history))
     hit = next((steps for steps, mean in evals if mean >= threshold), None)
     return {
-        "method": method, "task": task, "seed": seed, "threshold": threshold, "params": count_params(model),
-        "evals": evals, "grad_norms": grad_norms, "steps_to_threshold": hit, "final_eval": evals[-1][1],
-        "train_seconds": train_seconds, "seconds_per_100k": train_seconds / model.num_timesteps * 1e5,
+        "method": method,
+        "task": task,
+        "seed": seed,
+        "threshold": threshold,
+        "params": count_params(model),
+        "evals": evals,
+        "grad_norms": grad_norms,
+        "steps_to_threshold": hit,
+        "final_eval": evals[-1][1],
+        "train_seconds": train_seconds,
+        "seconds_per_100k": train_seconds / model.num_timesteps * 1e5,
         "timesteps": int(model.num_timesteps),
     }
 
@@ -196,12 +218,16 @@ def cmd_learn(args: argparse.Namespace) -> None:
         futures = {pool.submit(learning_run, m, t, s, steps[t]): (m, t, s) for m, t, s in jobs}
         for future in futures:
             runs.append(future.result())
-            print(f"done {futures[future]}: final {runs[-1]['final_eval']:.3g}, hit {runs[-1]['steps_to_threshold']}", flush=True)
+            print(
+                f"done {futures[future]}: final {runs[-1]['final_eval']:.3g}, hit {runs[-1]['steps_to_threshold']}", flush=True
+            )
             RESULTS.mkdir(parents=True, exist_ok=True)
             out.write_text(json.dumps({"command": " ".join(sys.argv), "steps": steps, "runs": runs}, indent=1))
     text = table(runs)
     print(text)
-    (RESULTS / f"ernn_learn{args.tag}.md").write_text(f"`{' '.join(sys.argv)}` (and earlier runs resumed from the JSON)\n\n{text}\n")
+    (RESULTS / f"ernn_learn{args.tag}.md").write_text(
+        f"`{' '.join(sys.argv)}` (and earlier runs resumed from the JSON)\n\n{text}\n"
+    )
 
 
 def cmd_gradnorm(args: argparse.Namespace) -> None:
@@ -234,7 +260,9 @@ def cmd_gradnorm(args: argparse.Namespace) -> None:
     lines = ["| cell (hidden 64, median of seeds) | " + " | ".join(f"T = {h}" for h in args.horizons) + " |"]
     lines.append("|---|" + "---|" * len(args.horizons))
     for name in ("ernn", "lstm", "gru", "tanh-rnn"):
-        cells = [f"{statistics.median(r['norm'] for r in rows if r['cell'] == name and r['T'] == h):.3g}" for h in args.horizons]
+        cells = [
+            f"{statistics.median(r['norm'] for r in rows if r['cell'] == name and r['T'] == h):.3g}" for h in args.horizons
+        ]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     print("\n".join(lines))
     RESULTS.mkdir(parents=True, exist_ok=True)
@@ -248,7 +276,9 @@ def main() -> None:
     learn.add_argument("--tasks", nargs="+", default=list(TASKS), choices=list(TASKS))
     learn.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
     learn.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
-    learn.add_argument("--steps", nargs=4, type=int, default=[15_000, 40_000, 60_000, 30_000], help="steps per task, in TASKS order")
+    learn.add_argument(
+        "--steps", nargs=4, type=int, default=[15_000, 40_000, 60_000, 30_000], help="steps per task, in TASKS order"
+    )
     learn.add_argument("--workers", type=int, default=2)
     learn.add_argument("--tag", default="", help="suffix of the results file")
     learn.add_argument("--resume", action="store_true", help="skip runs already in the results file")

@@ -121,7 +121,9 @@ class ERNNCell(nn.Module):
         key = (weight.data_ptr(), weight._version, weight.dtype, weight.device)
         if self._cache_key != key:
             with torch.no_grad():
-                self._cached_weight = weight * torch.clamp(self.max_recurrent_norm / torch.linalg.matrix_norm(weight, ord=2), max=1.0)
+                self._cached_weight = weight * torch.clamp(
+                    self.max_recurrent_norm / torch.linalg.matrix_norm(weight, ord=2), max=1.0
+                )
             self._cache_key = key
         return self._cached_weight
 

@@ -36,7 +36,14 @@ class SequenceLinearization:
     (O(n) reverse passes: for diagonals and tests rather than hot loops).
     """
 
-    def __init__(self, fn: Callable[[Sequence[Tensor], Any], Tensor], params: Sequence[Tensor], inputs: Any, *, chunk_size: int | None = 64) -> None:
+    def __init__(
+        self,
+        fn: Callable[[Sequence[Tensor], Any], Tensor],
+        params: Sequence[Tensor],
+        inputs: Any,
+        *,
+        chunk_size: int | None = 64,
+    ) -> None:
         self.params = tuple(p.detach() for p in params)
         self._leaves = tuple(p.detach().requires_grad_(True) for p in params)
         self._chunk_size = chunk_size
@@ -49,10 +56,19 @@ class SequenceLinearization:
 
     def _pullback(self, cotangent: Tensor, create_graph: bool = False, batched: bool = False) -> tuple[Tensor, ...]:
         grads = torch.autograd.grad(
-            self._out, self._leaves, cotangent, retain_graph=True, create_graph=create_graph, allow_unused=True, is_grads_batched=batched
+            self._out,
+            self._leaves,
+            cotangent,
+            retain_graph=True,
+            create_graph=create_graph,
+            allow_unused=True,
+            is_grads_batched=batched,
         )
         shape = (cotangent.shape[0],) if batched else ()
-        return tuple(torch.zeros(*shape, *p.shape, device=p.device, dtype=p.dtype) if g is None else g for g, p in zip(grads, self._leaves))
+        return tuple(
+            torch.zeros(*shape, *p.shape, device=p.device, dtype=p.dtype) if g is None else g
+            for g, p in zip(grads, self._leaves)
+        )
 
     def vjp(self, cotangent: Tensor) -> tuple[Tensor, ...]:
         return self._pullback(cotangent)
@@ -65,7 +81,9 @@ class SequenceLinearization:
         pairs = [(g, t) for g, t in zip(self._transposed, tangents) if g.requires_grad]
         if not pairs:
             return torch.zeros_like(self.outputs)
-        (out,) = torch.autograd.grad([g for g, _ in pairs], self._dummy, [t for _, t in pairs], retain_graph=True, allow_unused=True)
+        (out,) = torch.autograd.grad(
+            [g for g, _ in pairs], self._dummy, [t for _, t in pairs], retain_graph=True, allow_unused=True
+        )
         return torch.zeros_like(self.outputs) if out is None else out
 
     def per_sample_vjp(self, cotangent: Tensor) -> tuple[Tensor, ...]:
@@ -118,6 +136,8 @@ def sequence_fisher(
     """
     if estimator not in ESTIMATORS:
         raise ValueError(f"unknown Fisher estimator {estimator!r}; choose one of {', '.join(ESTIMATORS)}")
+    if estimator == "kfac":
+        raise NotImplementedError("KFAC is not defined for recurrent policies here; use 'exact' (the default) or 'diagonal'")
     params = list(params)
     lin = SequenceLinearization(fn, params, inputs, chunk_size=chunk_size)
     outputs = lin.outputs

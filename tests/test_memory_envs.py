@@ -74,7 +74,9 @@ def test_registered_corridor_takes_the_delay_as_kwarg() -> None:
     assert CartPoleNoVelEnv().observation_space.shape == (2,)
 
 
-@pytest.mark.parametrize("kwargs, match", [(dict(delay=-1), "delay"), (dict(delay=2.5), "delay"), (dict(wrong_reward=1.0), "wrong_reward")])
+@pytest.mark.parametrize(
+    "kwargs, match", [(dict(delay=-1), "delay"), (dict(delay=2.5), "delay"), (dict(wrong_reward=1.0), "wrong_reward")]
+)
 def test_cue_corridor_bad_arguments_are_explained(kwargs, match) -> None:
     with pytest.raises(ValueError, match=match):
         CueCorridorEnv(**kwargs)

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import pathlib
 import subprocess
 import sys
-import pathlib
 
 import gymnasium as gym
 import numpy as np
@@ -30,6 +31,7 @@ from ngrl.recurrent import SequenceLinearization, sequence_fisher
 
 torch.set_num_threads(1)
 ROOT = pathlib.Path(__file__).resolve().parents[1]
+ONE_THREAD = {**os.environ, "OMP_NUM_THREADS": "1"}  # tiny networks: threads only contend
 D = torch.float64
 CELLS = ["ernn", "lstm", "gru"]
 
@@ -286,16 +288,46 @@ def test_bad_input_is_explained() -> None:
 
 def test_cli_trains_and_evaluates_an_ernn_policy(tmp_path) -> None:
     train = [
-        sys.executable, "train.py", "train", "--algo", "npg", "--env", "ngrl/CartPoleNoVel-v1", "--policy", "MlpErnnPolicy",
-        "--n-timesteps", "64", "--log-folder", str(tmp_path), "--n-eval-episodes", "1",
-        "--hyperparams", "n_envs=2", "n_steps=32", "batch_size=32", "sequence_length=8", "n_critic_updates=1",
+        sys.executable,
+        "train.py",
+        "train",
+        "--algo",
+        "npg",
+        "--env",
+        "ngrl/CartPoleNoVel-v1",
+        "--policy",
+        "MlpErnnPolicy",
+        "--n-timesteps",
+        "64",
+        "--log-folder",
+        str(tmp_path),
+        "--n-eval-episodes",
+        "1",
+        "--hyperparams",
+        "n_envs=2",
+        "n_steps=32",
+        "batch_size=32",
+        "sequence_length=8",
+        "n_critic_updates=1",
         "policy_kwargs=dict(cell='ernn', hidden_size=8, net_arch=[8])",
     ]
-    done = subprocess.run(train, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    done = subprocess.run(train, cwd=ROOT, capture_output=True, text=True, timeout=300, env=ONE_THREAD)
     assert done.returncode == 0, done.stderr
     model = next(tmp_path.glob("npg/*/*.zip"))
-    evaluate = [sys.executable, "train.py", "eval", "--algo", "npg", "--env", "ngrl/CartPoleNoVel-v1", "--model", str(model), "--n-episodes", "2"]
-    done = subprocess.run(evaluate, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    evaluate = [
+        sys.executable,
+        "train.py",
+        "eval",
+        "--algo",
+        "npg",
+        "--env",
+        "ngrl/CartPoleNoVel-v1",
+        "--model",
+        str(model),
+        "--n-episodes",
+        "2",
+    ]
+    done = subprocess.run(evaluate, cwd=ROOT, capture_output=True, text=True, timeout=300, env=ONE_THREAD)
     assert done.returncode == 0, done.stderr
     assert "Evaluation of npg on ngrl/CartPoleNoVel-v1 over 2 episodes" in done.stdout
 
@@ -315,7 +347,12 @@ def _evaluate(model: NPG, env_id: str, n_episodes: int, seed: int, **env_kwargs)
 def test_npg_ernn_remembers_the_cue_over_10_steps() -> None:
     env = make_vec_env("ngrl/CueCorridor-v0", n_envs=8, seed=0, env_kwargs={"delay": 10})
     model = NPG(
-        "MlpErnnPolicy", env, n_steps=64, batch_size=256, sequence_length=16, seed=0,
+        "MlpErnnPolicy",
+        env,
+        n_steps=64,
+        batch_size=256,
+        sequence_length=16,
+        seed=0,
         policy_kwargs=dict(cell="ernn", hidden_size=64, net_arch=[32]),
     )
     model.learn(15_000)

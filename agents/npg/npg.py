@@ -214,13 +214,22 @@ class NPG(CheckpointMixin, OnPolicyAlgorithm):
             "_actor", "_family", "_actor_params", "_critic_params", "_actor_fn", "_last_rnn_state",
         ]
 
-    def _setup_learn(self, total_timesteps: int, callback: MaybeCallback = None, reset_num_timesteps: bool = True, tb_log_name: str = "run", progress_bar: bool = False):
+    def _setup_learn(
+        self,
+        total_timesteps: int,
+        callback: MaybeCallback = None,
+        reset_num_timesteps: bool = True,
+        tb_log_name: str = "run",
+        progress_bar: bool = False,
+    ):
         result = super()._setup_learn(total_timesteps, callback, reset_num_timesteps, tb_log_name, progress_bar)
         if self._recurrent and (reset_num_timesteps or self._last_rnn_state.pi[0].shape[0] != self.n_envs):
             self._last_rnn_state = self.policy.initial_state(self.n_envs)
         return result
 
-    def collect_rollouts(self, env: VecEnv, callback: BaseCallback, rollout_buffer: RolloutBuffer, n_rollout_steps: int) -> bool:
+    def collect_rollouts(
+        self, env: VecEnv, callback: BaseCallback, rollout_buffer: RolloutBuffer, n_rollout_steps: int
+    ) -> bool:
         """SB3's rollout loop; with a recurrent policy the state is carried, reset at episode starts and stored."""
         if not self._recurrent:
             return super().collect_rollouts(env, callback, rollout_buffer, n_rollout_steps)
@@ -251,7 +260,8 @@ class NPG(CheckpointMixin, OnPolicyAlgorithm):
             # Bootstrap truncated episodes with the critic's value of the terminal observation, its
             # state being the one the critic reached in that env (SB3 issue #633).
             for idx, done in enumerate(dones):
-                if done and infos[idx].get("terminal_observation") is not None and infos[idx].get("TimeLimit.truncated", False):
+                truncated = infos[idx].get("TimeLimit.truncated", False)
+                if done and truncated and infos[idx].get("terminal_observation") is not None:
                     terminal_obs = self.policy.obs_to_tensor(infos[idx]["terminal_observation"])[0]
                     with torch.no_grad():
                         critic_state = tuple(s[idx : idx + 1] for s in new_state.vf)

@@ -154,7 +154,9 @@ class RecurrentActorCriticPolicy(ActorCriticPolicy):
         return extractor(preprocess_obs(obs, self.observation_space, normalize_images=self.normalize_images).to(dtype))
 
     @staticmethod
-    def _run(core: RecurrentCore, features: Tensor, state: tuple[Tensor, ...], episode_starts: Tensor) -> tuple[Tensor, tuple[Tensor, ...]]:
+    def _run(
+        core: RecurrentCore, features: Tensor, state: tuple[Tensor, ...], episode_starts: Tensor
+    ) -> tuple[Tensor, tuple[Tensor, ...]]:
         n_seq = state[0].shape[0]
         if features.shape[0] % n_seq:
             raise ValueError(f"{features.shape[0]} observations do not split into {n_seq} sequences of equal length")
@@ -162,11 +164,15 @@ class RecurrentActorCriticPolicy(ActorCriticPolicy):
         out, state = core(x, state, episode_starts.reshape(n_seq, -1))
         return out.reshape(-1, out.shape[-1]), state
 
-    def actor_latent(self, obs: Tensor, state: tuple[Tensor, ...], episode_starts: Tensor) -> tuple[Tensor, tuple[Tensor, ...]]:
+    def actor_latent(
+        self, obs: Tensor, state: tuple[Tensor, ...], episode_starts: Tensor
+    ) -> tuple[Tensor, tuple[Tensor, ...]]:
         latent, state = self._run(self.rnn_actor, self._features(obs, self.pi_features_extractor), state, episode_starts)
         return self.mlp_extractor.forward_actor(latent), state
 
-    def critic_latent(self, obs: Tensor, state: tuple[Tensor, ...], episode_starts: Tensor) -> tuple[Tensor, tuple[Tensor, ...]]:
+    def critic_latent(
+        self, obs: Tensor, state: tuple[Tensor, ...], episode_starts: Tensor
+    ) -> tuple[Tensor, tuple[Tensor, ...]]:
         latent, state = self._run(self.rnn_critic, self._features(obs, self.vf_features_extractor), state, episode_starts)
         return self.mlp_extractor.forward_critic(latent), state
 
@@ -234,8 +240,10 @@ class RecurrentActorCriticPolicy(ActorCriticPolicy):
                     f"state does not fit this policy and {n_envs} observation(s): pass the state returned by the previous "
                     "predict call for the same number of envs, or None to start from zeros"
                 )
-        starts = torch.zeros(n_envs, device=self.device) if episode_start is None else torch.as_tensor(
-            np.asarray(episode_start, dtype=np.float32).reshape(n_envs), device=self.device
+        starts = (
+            torch.zeros(n_envs, device=self.device)
+            if episode_start is None
+            else torch.as_tensor(np.asarray(episode_start, dtype=np.float32).reshape(n_envs), device=self.device)
         )
         with torch.no_grad():
             distribution, actor_state = self.get_distribution(obs, actor_state, starts)
@@ -251,7 +259,9 @@ class RecurrentActorCriticPolicy(ActorCriticPolicy):
 class RecurrentActorCriticCnnPolicy(RecurrentActorCriticPolicy):
     """:class:`RecurrentActorCriticPolicy` with SB3's NatureCNN features extractor (image observations)."""
 
-    def __init__(self, observation_space: spaces.Space, action_space: spaces.Space, lr_schedule: Schedule, **kwargs: Any) -> None:
+    def __init__(
+        self, observation_space: spaces.Space, action_space: spaces.Space, lr_schedule: Schedule, **kwargs: Any
+    ) -> None:
         kwargs.setdefault("features_extractor_class", NatureCNN)
         super().__init__(observation_space, action_space, lr_schedule, **kwargs)
 
