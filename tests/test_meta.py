@@ -387,3 +387,19 @@ def test_stacked_policies_match_each_policy(env_id):
         value, log_prob, _ = policy.evaluate_actions(obs[i : i + 1], act)
         torch.testing.assert_close(values[i], value.flatten()[0].detach(), rtol=1e-5, atol=1e-6)
         torch.testing.assert_close(log_probs[i], log_prob[0].detach(), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.slow
+def test_fomaml_learns_to_adapt_on_navigation():
+    """100k steps of FOMAML (the benchmark's setting): one NPG update from the meta-policy reaches a return above −40."""
+    from agents.meta.cli import held_out_tasks
+
+    model = FOMAML("MlpPolicy", NAV, learning_rate=3e-3, inner_updates=1, meta_batch_size=10, n_steps=400,
+                   inner_kwargs={"target_kl": 0.1, "n_critic_updates": 5}, policy_kwargs=dict(net_arch=[64, 64]), seed=0)
+    tasks = held_out_tasks(NAV, 20, seed=123)
+    set_random_seed(1)
+    before = model.evaluate_adaptation(tasks, [1], seed=1)[1].mean()
+    model.learn(100_000)
+    set_random_seed(1)
+    after = model.evaluate_adaptation(tasks, [1], seed=1)[1].mean()
+    assert after > -40 and after > before + 15, (before, after)
