@@ -359,12 +359,25 @@ def test_cli_meta_train_and_adapt(tmp_path):
     saved = json.loads((tmp_path / "a.json").read_text())
     assert len(saved["tasks"]) == 3 and len(saved["returns"]["1"]) == 3
 
-    bad = run("meta-train", "--algo", "fomaml", "--env", NAV, "--hyperparams", "inner_updatez=2")
-    assert bad.returncode == 2 and "unknown hyperparameter(s) inner_updatez" in bad.stderr
-    bad = run("meta-train", "--algo", "fomaml", "--env", "CartPole-v1", "--n-timesteps", "10")
-    assert bad.returncode == 2 and "not a task family" in bad.stderr
-    bad = run("adapt", "--model", str(tmp_path / "missing.zip"))
-    assert bad.returncode == 2 and "no checkpoint" in bad.stderr
+
+
+def test_cli_errors_exit_2(tmp_path, capsys):
+    import train
+
+    assert train.main(["meta-train", "--algo", "fomaml", "--env", NAV, "--hyperparams", "inner_updatez=2"]) == 2
+    assert "unknown hyperparameter(s) inner_updatez" in capsys.readouterr().err
+    assert train.main(["meta-train", "--algo", "fomaml", "--env", "CartPole-v1", "--n-timesteps", "10",
+                       "--log-folder", str(tmp_path)]) == 2
+    assert "not a task family" in capsys.readouterr().err
+    assert train.main(["adapt", "--model", str(tmp_path / "missing.zip")]) == 2
+    assert "no checkpoint" in capsys.readouterr().err
+    model = Reptile("MlpPolicy", NAV, **TINY)
+    model.save(tmp_path / "m.zip")
+    assert train.main(["adapt", "--model", str(tmp_path / "m.zip"), "--n-tasks", "0"]) == 2
+    assert "--n-tasks" in capsys.readouterr().err
+    NPG("MlpPolicy", "Pendulum-v1", n_steps=64, policy_kwargs=dict(net_arch=[8])).save(tmp_path / "npg.zip")
+    assert train.main(["adapt", "--model", str(tmp_path / "npg.zip")]) == 2
+    assert "not by a meta-learner" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("env_id", [NAV, CARTPOLE])

@@ -33,7 +33,7 @@ __all__ = ["add_meta_subcommands", "held_out_tasks"]
 RUN_KEYS = ("n_timesteps", "policy")
 
 
-class _Usage(Exception):
+class _Usage(ValueError):
     """Bad input: printed as one paragraph, exit code 2."""
 
 
@@ -53,7 +53,7 @@ def _guarded(handler: Callable[[argparse.Namespace], int]) -> Callable[[argparse
     def run(args: argparse.Namespace) -> int:
         try:
             return handler(args)
-        except (_Usage, CheckpointError, ValueError, gym.error.Error) as error:
+        except (CheckpointError, ValueError, gym.error.Error) as error:
             print(f"error: {error}", file=sys.stderr)
             return 2
 

@@ -91,6 +91,10 @@ class IMAML(FOMAML):
     def _excluded_save_params(self) -> list[str]:
         return [*super()._excluded_save_params(), "_inner_batches", "_solves"]
 
+    def _adapt_batch(self, *args: Any, **kwargs: Any):
+        self._inner_batches.clear()  # batches of an earlier adapt() or evaluation are not needed any more
+        return super()._adapt_batch(*args, **kwargs)
+
     def _after_inner_update(self, learner: OnPolicyAlgorithm, theta: torch.Tensor) -> None:
         params = actor_parameters(learner.policy)
         set_flat_params(params, proximal_shrink(get_flat_params(params), theta, lam=self.lam, step=self.proximal_step))
