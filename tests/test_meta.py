@@ -330,6 +330,10 @@ def test_bad_input_is_explained():
         FOMAML("MlpPolicy", NAV, inner_kwargs={"n_steps": 10}, **TINY)
     with pytest.raises(ValueError, match="lam"):
         IMAML("MlpPolicy", NAV, lam=0.0, **TINY)
+    from agents.recurrent.policies import RecurrentActorCriticPolicy
+
+    with pytest.raises(ValueError, match="recurrent policies are not supported"):
+        Reptile(RecurrentActorCriticPolicy, NAV, **TINY)
     model = Reptile("MlpPolicy", NAV, **TINY)
     with pytest.raises(ValueError, match="at least one task"):
         model.evaluate_adaptation([])

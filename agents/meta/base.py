@@ -24,6 +24,7 @@ from agents.common import CheckpointMixin
 from agents.meta.rollouts import collect_task_rollouts
 from agents.meta.vpg import VPG
 from agents.npg import NPG
+from agents.recurrent.policies import RecurrentActorCriticPolicy
 from envs.task_family import Task, check_task
 from ngrl import get_flat_params, set_flat_params
 from ngrl.fisher import actor_parameters
@@ -160,6 +161,11 @@ class MetaLearner(CheckpointMixin, BaseAlgorithm):
             seed=seed,
             supported_action_spaces=(spaces.Box, spaces.Discrete, spaces.MultiDiscrete, spaces.MultiBinary),
         )
+        if isinstance(self.policy_class, type) and issubclass(self.policy_class, RecurrentActorCriticPolicy):
+            raise ValueError(
+                "recurrent policies are not supported by the meta-learners yet (their rollouts need the hidden state "
+                "per task): use MlpPolicy"
+            )
         self.inner_algo = inner_algo
         self.inner_updates = inner_updates
         self.meta_batch_size = meta_batch_size
