@@ -1,6 +1,7 @@
 """NPG beside sb3-contrib TRPO and SB3 PPO: learning on classic control, and the cost of a Fisher product.
 
     python bench/bench_npg.py fvp                       # micro-benchmark (about a minute)
+    python bench/bench_npg.py update                    # one update, NPG and TRPO alternating
     python bench/bench_npg.py learn --seeds 0 1 2       # learning table (tens of minutes on 2 cores)
 
 Learning protocol (as in ../shared/BASELINES.md): rl-baselines3-zoo hyper-parameters for TRPO and
@@ -287,6 +288,52 @@ def cmd_fvp(args: argparse.Namespace) -> None:
     print(f"wrote {out}")
 
 
+# --- one update, interleaved -------------------------------------------------------------------
+
+
+def cmd_update(args: argparse.Namespace) -> None:
+    """Wall time of one update (``train()`` on a full rollout), NPG and TRPO alternating in one process.
+
+    Alternating the two on the same machine state makes the ratio robust to other load; each model
+    first collects one rollout with its zoo configuration, then ``train()`` is timed repeatedly on it.
+    """
+    from stable_baselines3.common.env_util import make_vec_env
+    from stable_baselines3.common.vec_env import VecNormalize
+
+    torch.set_num_threads(1)
+    rows = []
+    for env_id in args.envs:
+        models = {}
+        for algo in ("npg", "trpo"):
+            params = hyperparams(algo, env_id)
+            params.pop("use_sde", None), params.pop("sde_sample_freq", None)
+            n_envs, normalize = params.pop("n_envs", 1), params.pop("normalize", False)
+            env = make_vec_env(env_id, n_envs=n_envs, seed=0)
+            env = VecNormalize(env) if normalize else env
+            model = algo_class(algo)("MlpPolicy", env, seed=0, device="cpu", **params)
+            model.learn(model.n_steps * n_envs)  # one rollout (and one update) to fill the buffer
+            models[algo] = model
+        times = {algo: [] for algo in models}
+        for _ in range(args.repeats):
+            for algo, model in models.items():
+                start = time.perf_counter()
+                model.train()
+                times[algo].append(time.perf_counter() - start)
+        row = {"env": env_id, **{f"{algo}_ms": statistics.median(t) * 1000 for algo, t in times.items()},
+               **{f"{algo}_states": models[algo].n_steps * models[algo].n_envs for algo in models}}
+        row["ratio"] = row["npg_ms"] / row["trpo_ms"]
+        rows.append(row)
+    print(f"One update (train() on a full rollout), medians of {args.repeats}, NPG and TRPO alternating, 1 thread")
+    print("| env | states/update (NPG / TRPO) | NPG ms | TRPO ms | NPG / TRPO |")
+    print("|---|---|---|---|---|")
+    for r in rows:
+        print(f"| {r['env']} | {r['npg_states']} / {r['trpo_states']} | {r['npg_ms']:.1f} | {r['trpo_ms']:.1f} | {r['ratio']:.2f} |")
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    out = RESULTS / "npg_update.json"
+    out.write_text(json.dumps({"command": " ".join(sys.argv), "rows": rows}, indent=1))
+    print(f"wrote {out}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -304,6 +351,10 @@ def main() -> None:
     fvp.add_argument("--states", type=int, default=2048)
     fvp.add_argument("--repeats", type=int, default=20)
     fvp.set_defaults(handler=cmd_fvp)
+    update = commands.add_parser("update", help="wall time of one update, NPG and TRPO alternating")
+    update.add_argument("--envs", nargs="+", default=list(THRESHOLDS))
+    update.add_argument("--repeats", type=int, default=20)
+    update.set_defaults(handler=cmd_update)
     args = parser.parse_args()
     args.handler(args)
 
