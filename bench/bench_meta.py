@@ -82,7 +82,11 @@ def adaptation_run(env_id: str, seed: int, budget: int, n_tasks: int, methods: l
     out: dict[str, Any] = {"tasks": tasks, "methods": {}}
     for name in methods:
         start = time.perf_counter()
-        if name in META:
+        if name == "imaml_hessian":  # iMAML with the Hessian of the inner surrogate in place of the Fisher
+            model = IMAML("MlpPolicy", env_id, seed=seed, **common, **{**cfg["imaml"], "curvature": "hessian"})
+            model.learn(budget)
+            steps = model.num_timesteps
+        elif name in META:
             model = META[name]("MlpPolicy", env_id, seed=seed, **common, **cfg[name])
             model.learn(budget)
             steps = model.num_timesteps
@@ -154,7 +158,8 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--budget", type=int, default=100_000, help="environment steps per method (all tasks, all rollouts)")
     parser.add_argument("--n-tasks", type=int, default=20)
-    parser.add_argument("--methods", nargs="+", default=["reptile", "fomaml", "imaml", "random", "joint"])
+    parser.add_argument("--methods", nargs="+", default=["reptile", "fomaml", "imaml", "random", "joint"],
+                        choices=["reptile", "fomaml", "imaml", "imaml_hessian", "random", "joint"])
     parser.add_argument("--memory-steps", type=int, nargs="+", default=[1, 5, 20])
     parser.add_argument("--memory-n-steps", type=int, default=500)
     parser.add_argument("--tag", default="", help="suffix of the result files")
