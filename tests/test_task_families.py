@@ -20,6 +20,12 @@ if HAS_MUJOCO:
     FAMILIES.append("ngrl/HalfCheetahVel-v0")
 
 
+@pytest.fixture(autouse=True)
+def _in_tmp_dir(tmp_path, monkeypatch):
+    """MuJoCo writes MUJOCO_LOG.TXT into the working directory when it warns: keep it out of the repository."""
+    monkeypatch.chdir(tmp_path)
+
+
 def _make(env_id: str) -> gym.Env:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
