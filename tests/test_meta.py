@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import pathlib
 
 import numpy as np
@@ -420,3 +421,13 @@ def test_fomaml_learns_to_adapt_on_navigation():
     set_random_seed(1)
     after = model.evaluate_adaptation(tasks, [1], seed=1)[1].mean()
     assert after > -40 and after > before + 15, (before, after)
+
+
+@pytest.mark.skipif(importlib.util.find_spec("mujoco") is None, reason="MuJoCo (gymnasium[mujoco]) is not installed")
+def test_imaml_smoke_on_half_cheetah_vel(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # MuJoCo writes its warning log into the working directory
+    model = IMAML("MlpPolicy", "ngrl/HalfCheetahVel-v0", inner_updates=1, **TINY)
+    model.learn(128)
+    assert model.num_timesteps == 128
+    agent = model.adapt({"velocity": 1.5}, n_updates=1)
+    assert agent.predict(np.zeros((1, 17), dtype=np.float32))[0].shape == (1, 6)
