@@ -43,7 +43,7 @@ def test_smoke_every_action_space(space, options):
     assert model.num_timesteps == 256
 
 
-@pytest.mark.parametrize("estimator", ["score", "empirical", "diagonal"])
+@pytest.mark.parametrize("estimator", ["score", "empirical", "diagonal", "kfac"])
 def test_other_fisher_estimators(estimator):
     NPG("MlpPolicy", "CartPole-v1", seed=0, fisher_estimator=estimator, **SMALL).learn(128)
 

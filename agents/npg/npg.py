@@ -28,7 +28,7 @@ from ngrl import (
     kl_step_size,
     set_flat_params,
 )
-from ngrl.fisher import ESTIMATORS, ActorOutputs, actor_parameters, policy_distribution, policy_fisher, policy_linearization
+from ngrl.fisher import ESTIMATORS, KFACOperator, ActorOutputs, actor_parameters, policy_distribution, policy_fisher, policy_linearization
 from ngrl.linearize import module_function
 from ngrl.recurrent import SequenceLinearization, sequence_fisher
 
@@ -64,7 +64,8 @@ class NPG(CheckpointMixin, OnPolicyAlgorithm):
     :param gamma: discount factor
     :param gae_lambda: λ of generalised advantage estimation
     :param target_kl: trust-region radius δ (mean KL between successive policies)
-    :param fisher_estimator: "exact" (default), "score", "empirical" or "diagonal" (see ``ngrl.fisher.policy_fisher``)
+    :param fisher_estimator: "exact" (default), "score", "empirical", "diagonal" or "kfac" (see ``ngrl.fisher.policy_fisher``;
+        with "kfac", CG is preconditioned by the Kronecker-factored inverse)
     :param natural_direction: "cg" (conjugate gradient on F) or "cfa" (compatible function approximation)
     :param cg_max_steps: conjugate-gradient iterations per update
     :param cg_damping: λ added to the Fisher (the ridge of the "cfa" fit)
@@ -322,7 +323,10 @@ class NPG(CheckpointMixin, OnPolicyAlgorithm):
                 linearization, score, advantages, ridge=self.cg_damping, cg_max_iter=self.cg_max_steps, cg_tol=self.cg_tol
             )
         else:
-            preconditioner = fisher.diagonal() if self.use_preconditioner else None
+            if isinstance(fisher, KFACOperator):  # its Kronecker inverse: CG then needs only a few steps
+                preconditioner = fisher.solve
+            else:
+                preconditioner = fisher.diagonal() if self.use_preconditioner else None
             result = conjugate_gradient(
                 fisher.mv, gradient, max_iter=self.cg_max_steps, tol=self.cg_tol, preconditioner=preconditioner
             )
