@@ -157,6 +157,8 @@ def test_sequence_fisher_diagonal_and_empirical_estimators() -> None:
     with pytest.raises(ValueError, match="actions="):
         sequence_fisher(fn, params, seqs, family, estimator="empirical")
     with pytest.raises(ValueError, match="unknown Fisher estimator"):
+        sequence_fisher(fn, params, seqs, family, estimator="magic")
+    with pytest.raises(NotImplementedError, match="KFAC"):
         sequence_fisher(fn, params, seqs, family, estimator="kfac")
 
 
