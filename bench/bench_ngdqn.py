@@ -62,11 +62,23 @@ DQN_ZOO: dict[str, dict[str, Any]] = {
 RUN_KEYS = ("n_timesteps", "policy", "n_envs", "normalize")
 
 
+def linear_schedule(value: Any) -> Any:
+    """'lin_0.6' → η(progress_remaining) = 0.6 · progress_remaining (rl-zoo's notation, as train.py reads it)."""
+    if isinstance(value, str) and value.startswith("lin_"):
+        start = float(value[4:])
+        return lambda progress_remaining: start * progress_remaining
+    return value
+
+
 def ngdqn_config(env_id: str) -> dict[str, Any]:
     """NGDQN's entry in configs/ngdqn.yml (the env's block, else ``default:``), without the run keys."""
     table = yaml.safe_load((ROOT / "configs" / "ngdqn.yml").read_text())
     config = dict(table.get(env_id, table.get("default", {})))
     return {k: v for k, v in config.items() if k not in RUN_KEYS}
+
+
+def _with_schedules(config: dict[str, Any]) -> dict[str, Any]:
+    return {k: linear_schedule(v) if k == "learning_rate" else v for k, v in config.items()}
 
 
 def make_algo(algo: str, env_id: str, venv, seed: int, overrides: dict[str, Any]):
@@ -75,10 +87,10 @@ def make_algo(algo: str, env_id: str, venv, seed: int, overrides: dict[str, Any]
     from agents import NGDQN
 
     if algo == "ngdqn":
-        return NGDQN("MlpPolicy", venv, seed=seed, device="cpu", **{**ngdqn_config(env_id), **overrides})
+        return NGDQN("MlpPolicy", venv, seed=seed, device="cpu", **_with_schedules({**ngdqn_config(env_id), **overrides}))
     if algo == "ngdqn-target":  # the same NGDQN with DQN's target network, refreshed every 500 steps
         config = {**ngdqn_config(env_id), "target_update_interval": 500, **overrides}
-        return NGDQN("MlpPolicy", venv, seed=seed, device="cpu", **config)
+        return NGDQN("MlpPolicy", venv, seed=seed, device="cpu", **_with_schedules(config))
     config = dict(DQN_ZOO[env_id])
     if algo == "dqn":
         return DQN("MlpPolicy", venv, seed=seed, device="cpu", **config)
@@ -209,19 +221,29 @@ def cmd_learn(args: argparse.Namespace) -> None:
         for seed in args.seeds
         for algo in args.algos
     ]
+    meta = {"command": " ".join(sys.argv), "torch": torch.__version__, "machine": platform.processor() or platform.machine(),
+            "torch_threads_per_run": 1, "parallel_runs": args.jobs, "ngdqn_config": ngdqn_config(args.env)}
+    results: list[dict[str, Any]] = []
+
+    def record(result: dict[str, Any]) -> None:
+        # Written after every finished run, so a long benchmark that is stopped keeps what it measured.
+        results.append(result)
+        if args.out:
+            out = pathlib.Path(args.out)
+            out.parent.mkdir(parents=True, exist_ok=True)
+            out.write_text(json.dumps({"meta": meta, "runs": results}, indent=1))
+
     if args.jobs > 1:
         with multiprocessing.get_context("spawn").Pool(args.jobs) as pool:
-            results = pool.map(run_one, jobs, chunksize=1)
+            for result in pool.imap_unordered(run_one, jobs, chunksize=1):
+                record(result)
     else:
-        results = [run_one(job) for job in jobs]
+        for job in jobs:
+            record(run_one(job))
+    results.sort(key=lambda r: (args.algos.index(r["algo"]), r["seed"]))
     print(table(results))
     if args.out:
-        out = pathlib.Path(args.out)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        meta = {"command": " ".join(sys.argv), "torch": torch.__version__, "machine": platform.processor() or platform.machine(),
-                "torch_threads_per_run": 1, "parallel_runs": args.jobs, "ngdqn_config": ngdqn_config(args.env)}
-        out.write_text(json.dumps({"meta": meta, "runs": results}, indent=1))
-        print(f"wrote {out}")
+        print(f"wrote {args.out}")
 
 
 def cmd_step_cost(args: argparse.Namespace) -> None:

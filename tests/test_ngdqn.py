@@ -368,6 +368,9 @@ def test_cartpole_is_solved_within_100k_steps():
     torch.set_num_threads(1)
     config = yaml.safe_load((Path(__file__).parents[1] / "configs" / "ngdqn.yml").read_text())["CartPole-v1"]
     kwargs = {k: v for k, v in config.items() if k not in ("n_timesteps", "policy", "n_envs", "normalize")}
+    if isinstance(kwargs["learning_rate"], str) and kwargs["learning_rate"].startswith("lin_"):  # train.py's notation
+        start = float(kwargs["learning_rate"][4:])
+        kwargs["learning_rate"] = lambda progress_remaining: start * progress_remaining
     model = NGDQN(config.get("policy", "MlpPolicy"), "CartPole-v1", seed=0, device="cpu", **kwargs)
     eval_env = gym.make("CartPole-v1")
     eval_env.reset(seed=10_000)
