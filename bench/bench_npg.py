@@ -105,15 +105,32 @@ def learning_run(algo: str, env_id: str, seed: int, n_timesteps: int, eval_freq:
         update_seconds.append(time.perf_counter() - start)
 
     model.train = timed_train
-    curve, train_seconds = [], 0.0
-    while model.num_timesteps < n_timesteps:
-        start = time.perf_counter()
-        model.learn(eval_freq, reset_num_timesteps=False)
-        train_seconds += time.perf_counter() - start
-        if normalize:
-            eval_env.obs_rms = env.obs_rms
-        mean, _ = evaluate_policy(model, eval_env, n_eval_episodes=n_eval_episodes, deterministic=True, warn=False)
-        curve.append((int(model.num_timesteps), float(mean)))
+    from stable_baselines3.common.callbacks import BaseCallback
+
+    curve: list[tuple[int, float]] = []
+    eval_seconds = [0.0]
+
+    class Evaluate(BaseCallback):
+        """Evaluate every ``eval_freq`` env steps inside one learn() call (schedules see the whole run)."""
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.next_eval = eval_freq
+
+        def _on_step(self) -> bool:
+            if self.num_timesteps >= self.next_eval:
+                self.next_eval += eval_freq
+                start = time.perf_counter()
+                if normalize:
+                    eval_env.obs_rms = env.obs_rms
+                mean, _ = evaluate_policy(model, eval_env, n_eval_episodes=n_eval_episodes, deterministic=True, warn=False)
+                curve.append((int(self.num_timesteps), float(mean)))
+                eval_seconds[0] += time.perf_counter() - start
+            return True
+
+    start = time.perf_counter()
+    model.learn(n_timesteps, callback=Evaluate())
+    train_seconds = time.perf_counter() - start - eval_seconds[0]
     threshold = THRESHOLDS[env_id]
     hits = [steps for steps, mean in curve if mean >= threshold]
     return {
