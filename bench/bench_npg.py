@@ -205,14 +205,16 @@ class _SpacesEnv(gym.Env):
         return self.observation_space.sample(), 0.0, False, False, {}
 
 
-def _median_ms(fn, repeats: int) -> float:
-    fn()
-    times = []
+def _interleaved_ms(first, second, repeats: int) -> tuple[float, float]:
+    """Median milliseconds of two functions timed alternately (so other load hits both alike)."""
+    first(), second()
+    times: tuple[list[float], list[float]] = ([], [])
     for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times) * 1000
+        for fn, bucket in ((first, times[0]), (second, times[1])):
+            start = time.perf_counter()
+            fn()
+            bucket.append(time.perf_counter() - start)
+    return statistics.median(times[0]) * 1000, statistics.median(times[1]) * 1000
 
 
 def fvp_case(name: str, obs_dim: int, action_space: gym.Space, net_arch: list[int], n_states: int, repeats: int) -> dict[str, Any]:
@@ -275,10 +277,8 @@ def fvp_case(name: str, obs_dim: int, action_space: gym.Space, net_arch: list[in
     result = {"case": name, "actor_params": fisher.num_params, "states": n_states, "products_agree": bool(agree)}
     for threads in (1, 2):
         torch.set_num_threads(threads)
-        result[f"trpo_fvp_ms_{threads}t"] = _median_ms(trpo_fvp, repeats)
-        result[f"ours_fvp_ms_{threads}t"] = _median_ms(ours_fvp, repeats)
-        result[f"trpo_cg10_ms_{threads}t"] = _median_ms(trpo_cg, max(3, repeats // 4))
-        result[f"ours_cg10_ms_{threads}t"] = _median_ms(ours_cg, max(3, repeats // 4))
+        result[f"trpo_fvp_ms_{threads}t"], result[f"ours_fvp_ms_{threads}t"] = _interleaved_ms(trpo_fvp, ours_fvp, repeats)
+        result[f"trpo_cg10_ms_{threads}t"], result[f"ours_cg10_ms_{threads}t"] = _interleaved_ms(trpo_cg, ours_cg, max(5, repeats // 2))
     return result
 
 
