@@ -20,7 +20,7 @@ import pathlib
 import statistics
 import sys
 import time
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from typing import Any
 
 import numpy as np
@@ -209,6 +209,8 @@ def table(runs: list[dict[str, Any]]) -> str:
 
 def cmd_learn(args: argparse.Namespace) -> None:
     jobs = [(m, t, s) for t in args.tasks for s in args.seeds for m in args.methods]
+    if args.only:  # explicit METHOD:TASK:SEED jobs instead of the product
+        jobs = [(m, t, int(s)) for m, t, s in (job.split(":") for job in args.only)]
     steps = dict(zip(TASKS, args.steps))
     out = RESULTS / f"ernn_learn{args.tag}.json"
     runs: list[dict[str, Any]] = json.loads(out.read_text())["runs"] if args.resume and out.exists() else []
@@ -216,7 +218,7 @@ def cmd_learn(args: argparse.Namespace) -> None:
     jobs = [j for j in jobs if j not in done]
     with ProcessPoolExecutor(max_workers=args.workers) as pool:
         futures = {pool.submit(learning_run, m, t, s, steps[t]): (m, t, s) for m, t, s in jobs}
-        for future in futures:
+        for future in as_completed(futures):
             runs.append(future.result())
             print(
                 f"done {futures[future]}: final {runs[-1]['final_eval']:.3g}, hit {runs[-1]['steps_to_threshold']}", flush=True
@@ -282,6 +284,7 @@ def main() -> None:
     learn.add_argument("--workers", type=int, default=2)
     learn.add_argument("--tag", default="", help="suffix of the results file")
     learn.add_argument("--resume", action="store_true", help="skip runs already in the results file")
+    learn.add_argument("--only", nargs="+", metavar="METHOD:TASK:SEED", help="run exactly these jobs (in this order)")
     learn.set_defaults(handler=cmd_learn)
     grad = commands.add_parser("gradnorm")
     grad.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])

@@ -8,9 +8,8 @@ and policies store and reset whatever the cell carries without knowing which cel
 
 from __future__ import annotations
 
-from torch import Tensor, nn
-
 import torch
+from torch import Tensor, nn
 
 from ngrl.ernn import ERNN
 
