@@ -13,6 +13,16 @@ seconds per gradient step are the time spent inside ``train()`` divided by the g
     python bench/bench_ngdqn.py step-cost --out bench/results/ngdqn_step_cost.json
     # print the tables of saved results
     python bench/bench_ngdqn.py report bench/results/ngdqn_cartpole.json bench/results/ngdqn_acrobot.json
+
+What was actually run for bench/results/ngdqn_*.json (2 shared, heavily loaded cores: absolute seconds
+are inflated several-fold and differ between invocations; only the interleaved step-cost ratios hold):
+    learn --env CartPole-v1 --algos dqn dqn-notarget --seeds 0 1 2 --steps 100000 --jobs 2   (ngdqn_cartpole_dqn)
+    learn --env CartPole-v1 --algos ngdqn --seeds 0 1 2 --steps 100000 --jobs 3              (ngdqn_cartpole_ngdqn)
+    learn --env Acrobot-v1 --algos dqn dqn-notarget --seeds 0 1 2 --steps 50000 --jobs 2     (ngdqn_acrobot_dqn; 50k, not 100k)
+    learn --env Acrobot-v1 --algos ngdqn --seeds 0 1 2 --steps 50000 --jobs 3 --ngdqn-hyperparams learning_rate=lin_0.6
+                                                                                              (ngdqn_acrobot_ngdqn_lin)
+    step-cost --net-archs 64x64 256x256 --batch-sizes 64 128 --repeats 5 --gradient-steps 100 (ngdqn_step_cost)
+ngdqn_tuning_*: the 2-seed, 50k-step runs the defaults were chosen from.
 """
 
 from __future__ import annotations
