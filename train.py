@@ -24,7 +24,6 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import gymnasium as gym
-import numpy as np
 import torch
 import yaml
 from stable_baselines3.common.env_util import make_vec_env

@@ -1,12 +1,11 @@
 """SB3-style agents built on ngrl's natural-gradient backend."""
 
 from agents.common import CheckpointError
+from agents.meta import FOMAML, IMAML, Reptile
 from agents.ngdqn import NGDQN
 from agents.npg import NPG
-from agents.meta import FOMAML, IMAML, Reptile  # noqa: F401  (meta-learners; train.py meta-train)
 
-# The registry the command line reads: algorithm name -> class.
-ALGOS = {"npg": NPG}
-ALGOS["ngdqn"] = NGDQN
+# The registry `train.py train/eval` reads: algorithm name -> class (meta-learners: `train.py meta-train`).
+ALGOS = {"npg": NPG, "ngdqn": NGDQN}
 
-__all__ = ["ALGOS", "CheckpointError", "NGDQN", "NPG"]
+__all__ = ["ALGOS", "CheckpointError", "FOMAML", "IMAML", "NGDQN", "NPG", "Reptile"]

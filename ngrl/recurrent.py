@@ -18,8 +18,8 @@ import torch
 from torch import Tensor
 
 from ngrl.fisher.distributions import OutputDistribution
-from ngrl.fisher.operator import CurvatureOperator, DiagonalOperator, GaussNewtonOperator
-from ngrl.fisher.policy import ESTIMATORS
+from ngrl.fisher.operator import CurvatureOperator
+from ngrl.fisher.policy import ESTIMATORS, fisher_from_linearization
 
 __all__ = ["SequenceLinearization", "sequence_fisher"]
 
@@ -143,18 +143,6 @@ def sequence_fisher(
     outputs = lin.outputs
     if outputs.shape[-1] != family.num_outputs:
         raise ValueError(f"fn returns {outputs.shape[-1]} outputs per row, the distribution family needs {family.num_outputs}")
-    if estimator in ("exact", "diagonal"):
-        operator = GaussNewtonOperator(
-            lin, lambda u: family.fisher_mv(outputs, u), lambda: family.fisher_sqrt(outputs), params=params, damping=damping
-        )
-        return DiagonalOperator(operator._diagonal(), params, damping) if estimator == "diagonal" else operator
-    if estimator == "empirical":
-        if actions is None:
-            raise ValueError("the empirical Fisher needs the observed actions: pass actions=")
-    else:
-        with torch.no_grad():
-            actions = family.sample(outputs, generator)
-    score = family.score_cotangent(outputs, actions)  # gᵢ = ∇_z log π(aᵢ | zᵢ)
-    return GaussNewtonOperator(
-        lin, lambda u: score * (score * u).sum(-1, keepdim=True), lambda: score.unsqueeze(-1), params=params, damping=damping
+    return fisher_from_linearization(
+        lin, family, estimator=estimator, actions=actions, damping=damping, params=params, generator=generator
     )

@@ -23,7 +23,15 @@ from ngrl.linearize import (
     module_function,
 )
 
-__all__ = ["ESTIMATORS", "actor_parameters", "ActorOutputs", "policy_distribution", "policy_linearization", "policy_fisher"]
+__all__ = [
+    "ESTIMATORS",
+    "actor_parameters",
+    "ActorOutputs",
+    "fisher_from_linearization",
+    "policy_distribution",
+    "policy_linearization",
+    "policy_fisher",
+]
 
 ESTIMATORS = ("exact", "score", "empirical", "diagonal", "kfac")
 
@@ -145,20 +153,38 @@ def policy_fisher(
     family = policy_distribution(policy)
     lin = policy_linearization(policy, obs, params)
     owner_params = actor_parameters(policy) if params is None else list(params)
-    outputs = lin.outputs
+    return fisher_from_linearization(
+        lin, family, estimator=estimator, actions=actions, damping=damping, params=owner_params, generator=generator
+    )
+
+
+def fisher_from_linearization(
+    linearization: Linearization,
+    family: OutputDistribution,
+    *,
+    estimator: str = "exact",
+    actions: Tensor | None = None,
+    damping: float = 0.0,
+    params: Sequence[Tensor] | None = None,
+    generator: torch.Generator | None = None,
+) -> CurvatureOperator:
+    """The chosen Fisher estimator of outputs z = f(θ) with action distribution ``family``, given J.
+
+    Every estimator is F = (1/n) Σᵢ Jᵢᵀ Hᵢ Jᵢ with a different output-space Hᵢ: the distribution's
+    Fisher H(zᵢ) (exact, diagonal, kfac) or gᵢgᵢᵀ with gᵢ = ∇_z log π(aᵢ|zᵢ) at a sampled (score) or
+    given (empirical) action. Shared by :func:`policy_fisher` and the sequence Fisher of recurrent policies.
+    """
+    if estimator not in ESTIMATORS:
+        raise ValueError(f"unknown Fisher estimator {estimator!r}; choose one of {', '.join(ESTIMATORS)}")
+    params = list(linearization.params if params is None else params)
+    outputs = linearization.outputs
     if estimator == "kfac":
-        return kfac_from_linearization(lin, family.fisher_sqrt(outputs), owner_params, damping)
+        return kfac_from_linearization(linearization, family.fisher_sqrt(outputs), params, damping)
     if estimator in ("exact", "diagonal"):
         operator = GaussNewtonOperator(
-            lin,
-            lambda u: family.fisher_mv(outputs, u),
-            lambda: family.fisher_sqrt(outputs),
-            params=owner_params,
-            damping=damping,
+            linearization, lambda u: family.fisher_mv(outputs, u), lambda: family.fisher_sqrt(outputs), params=params, damping=damping
         )
-        if estimator == "diagonal":
-            return DiagonalOperator(operator._diagonal(), owner_params, damping)
-        return operator
+        return DiagonalOperator(operator._diagonal(), params, damping) if estimator == "diagonal" else operator
     if estimator == "empirical":
         if actions is None:
             raise ValueError("the empirical Fisher needs the observed actions: pass actions=")
@@ -167,10 +193,10 @@ def policy_fisher(
             actions = family.sample(outputs, generator)
     score = family.score_cotangent(outputs, actions)  # gᵢ = ∇_z log π(aᵢ | zᵢ)
     operator = GaussNewtonOperator(
-        lin,
+        linearization,
         lambda u: score * (score * u).sum(-1, keepdim=True),  # Hᵢ = gᵢgᵢᵀ
         lambda: score.unsqueeze(-1),
-        params=owner_params,
+        params=params,
         damping=damping,
     )
     operator.actions = actions  # the sampled (score) or given (empirical) actions, for inspection
