@@ -356,15 +356,15 @@ class NPG(CheckpointMixin, OnPolicyAlgorithm):
             advantages = (advantages - advantages.mean()) / (advantages.std() + 1e-8)
 
         params = self._actor_params
-        with torch.no_grad():
-            old_outputs = self._actor(actor_inputs)
+        outputs = self._actor(actor_inputs)
+        old_outputs = outputs.detach()  # π_old, kept as tensors: SB3's distribution object is reused
 
         def surrogate(outputs: torch.Tensor) -> torch.Tensor:
             # L(θ) = E[π_θ(a|s)/π_old(a|s) · Â]; its gradient at θ_old is the policy gradient.
             ratio = torch.exp(self._family.log_prob(outputs, actions) - rollout.old_log_prob)
             return (ratio * advantages).mean()
 
-        objective = surrogate(self._actor(actor_inputs))
+        objective = surrogate(outputs)
         gradient = flat_grad(objective, params)
         result, fisher = self._natural_direction(actor_inputs, actions, advantages, gradient)
         direction = result.x
