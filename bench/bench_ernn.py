@@ -4,7 +4,8 @@
     python bench/bench_ernn.py learn --seeds 0 1 2      # learning table (long on 2 cores: see --steps)
 
 Learning protocol: the same seeds and the same run for every method; a separate evaluation env,
-deterministic episodes every few thousand steps (see TASKS; 20 episodes for the corridor, 10 for CartPoleNoVel);
+deterministic episodes every few thousand steps (see TASKS; 20 episodes for the corridor, 10 for CartPoleNoVel;
+CartPoleNoVel's observations and rewards are normalised by VecNormalize for every method, as in the zoo);
 "steps to threshold" is the first evaluation at or above it (CartPoleNoVel 475; corridor 0.9, i.e. at
 most one wrong choice in 20); training seconds exclude evaluation; one torch thread per run. At each
 evaluation ‖∂h_T/∂h_0‖₂ of the actor's cell is measured over the last T = 200 observations of
@@ -39,6 +40,9 @@ TASKS: dict[str, tuple[str, dict[str, Any], float, int, int, int, int]] = {
     "corridor200": ("ngrl/CueCorridor-v0", {"delay": 200}, 0.9, 20, 512, 4, 15_000),
     "cartpole_novel": ("ngrl/CartPoleNoVel-v1", {}, 475.0, 10, 64, 8, 5_000),
 }
+# tasks whose observations and rewards every method sees through VecNormalize (as the zoo's ppo_lstm
+# CartPoleNoVel entry); evaluation uses the training statistics, frozen
+NORMALIZED = {"cartpole_novel"}
 METHODS = ("npg-ernn", "npg-lstm", "npg-mlp", "rppo-lstm")
 ERNN_POLICY = dict(cell="ernn", hidden_size=64, net_arch=[32])
 LSTM_POLICY = dict(cell="lstm", hidden_size=64, net_arch=[64])
@@ -144,16 +148,22 @@ def learning_run(method: str, task: str, seed: int, n_timesteps: int) -> dict[st
     torch.set_num_threads(1)
     import envs  # noqa: F401
     from stable_baselines3.common.env_util import make_vec_env
+    from stable_baselines3.common.vec_env import VecNormalize
 
     env_id, env_kwargs, threshold, n_eval, _, n_envs, eval_freq = TASKS[task]
     env = make_vec_env(env_id, n_envs=n_envs, seed=seed, env_kwargs=env_kwargs)
     eval_env = make_vec_env(env_id, n_envs=1, seed=seed + 10_000, env_kwargs=env_kwargs)
+    if task in NORMALIZED:
+        env = VecNormalize(env)
+        eval_env = VecNormalize(eval_env, training=False, norm_reward=False)
     model = make_model(method, task, seed, env)
     evals, grad_norms, train_seconds = [], [], 0.0
     while model.num_timesteps < n_timesteps:
         start = time.perf_counter()
         model.learn(eval_freq, reset_num_timesteps=False)
         train_seconds += time.perf_counter() - start
+        if task in NORMALIZED:
+            eval_env.obs_rms = env.obs_rms.copy()
         mean, history = evaluate(model, eval_env, n_eval)
         evals.append((int(model.num_timesteps), mean))
         grad_norms.append(hidden_gradient_norm(model, history))
@@ -279,7 +289,7 @@ def main() -> None:
     learn.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
     learn.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     learn.add_argument(
-        "--steps", nargs=4, type=int, default=[15_000, 40_000, 60_000, 30_000], help="steps per task, in TASKS order"
+        "--steps", nargs=4, type=int, default=[15_000, 30_000, 45_000, 100_000], help="steps per task, in TASKS order"
     )
     learn.add_argument("--workers", type=int, default=2)
     learn.add_argument("--tag", default="", help="suffix of the results file")
