@@ -331,10 +331,6 @@ def test_bad_input_is_explained():
         FOMAML("MlpPolicy", NAV, inner_kwargs={"n_steps": 10}, **TINY)
     with pytest.raises(ValueError, match="lam"):
         IMAML("MlpPolicy", NAV, lam=0.0, **TINY)
-    from agents.recurrent.policies import RecurrentActorCriticPolicy
-
-    with pytest.raises(ValueError, match="recurrent policies are not supported"):
-        Reptile(RecurrentActorCriticPolicy, NAV, **TINY)
     model = Reptile("MlpPolicy", NAV, **TINY)
     with pytest.raises(ValueError, match="at least one task"):
         model.evaluate_adaptation([])
@@ -405,6 +401,107 @@ def test_stacked_policies_match_each_policy(env_id):
         value, log_prob, _ = policy.evaluate_actions(obs[i : i + 1], act)
         torch.testing.assert_close(values[i], value.flatten()[0].detach(), rtol=1e-5, atol=1e-6)
         torch.testing.assert_close(log_probs[i], log_prob[0].detach(), rtol=1e-5, atol=1e-5)
+
+
+ERNN_TINY = dict(TINY, policy_kwargs=dict(cell="ernn", hidden_size=8, net_arch=[8]))
+
+
+@pytest.mark.parametrize("cell", ["ernn", "lstm"])
+def test_task_rollouts_store_the_states_a_recurrent_policy_ran_with(cell):
+    """Replaying each task's stored sequences from the stored start state (resets at episode starts) gives
+    back the log π(a|s) and values recorded while acting: the state was carried, reset and stored right."""
+    from agents.meta.rollouts import collect_task_rollouts
+    from agents.recurrent.on_policy import whole_rollout
+
+    # CartPoleDynamics episodes of a random policy are short: resets happen mid-rollout
+    model = Reptile("MlpErnnPolicy", CARTPOLE, **{**TINY, "n_steps": 96, "policy_kwargs": dict(cell=cell, hidden_size=8, net_arch=[8])})
+    for i, learner in enumerate(model._learners):
+        model._start_learner(learner)
+        torch.manual_seed(i)
+        for p in learner.policy.parameters():
+            p.data.add_(0.3 * torch.randn_like(p))  # different policies per task
+    collect_task_rollouts(make_vec_env(CARTPOLE, n_envs=2, seed=0), model._learners, 96)
+    for learner in model._learners:
+        rollout, _ = whole_rollout(learner.rollout_buffer)
+        assert rollout.episode_starts.sum() > 1  # the first step, and at least one reset inside
+        values, log_prob, _ = learner.policy.evaluate_actions(
+            rollout.observations, rollout.actions.long().flatten(), rollout.states, rollout.episode_starts
+        )
+        torch.testing.assert_close(log_prob.detach(), rollout.old_log_prob, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(values.detach().flatten(), rollout.old_values, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("cls,kwargs", [(Reptile, {}), (FOMAML, {}), (IMAML, {"curvature": "fisher"}), (IMAML, {"curvature": "hessian"}), (Reptile, {"inner_algo": "vpg"})])
+def test_meta_learners_with_an_ernn_policy(cls, kwargs, tmp_path):
+    """ERNN inner policies: meta-training moves θ (the recurrent cell included), adapt leaves θ alone and
+    returns an agent whose predict carries the state, save/load keeps predictions."""
+    model = cls("MlpErnnPolicy", NAV, inner_updates=1, **ERNN_TINY, **kwargs)
+    cell = model.policy.rnn_actor.rnn.cell
+    assert any(p is cell.weight_hh for p in model._actor_params)
+    before = cell.weight_hh.detach().clone()
+    model.learn(128)
+    assert not torch.equal(before, cell.weight_hh)
+    theta = [p.detach().clone() for p in model.policy.parameters()]
+    agent = model.adapt(model.sample_tasks(1)[0], n_updates=1, seed=0)
+    assert all(torch.equal(p, q) for p, q in zip(theta, model.policy.parameters()))
+    obs = agent.env.reset()
+    action, state = agent.predict(obs, state=None, episode_start=np.ones(1, dtype=bool), deterministic=True)
+    assert action.shape == (1, 2) and len(state) == 1 and state[0].shape == (1, 8)
+    observations = np.stack([model.observation_space.sample() for _ in range(3)])
+    starts = np.ones(3, dtype=bool)
+    expected, _ = model.policy.predict(observations, None, starts, deterministic=True)
+    model.save(tmp_path / "meta")
+    loaded = cls.load(tmp_path / "meta")
+    np.testing.assert_array_equal(loaded.policy.predict(observations, None, starts, deterministic=True)[0], expected)
+    returns = model.evaluate_adaptation(model.sample_tasks(2), n_updates=[0, 1], seed=1)
+    assert returns[1].shape == (2,) and np.all(np.isfinite(returns[1]))
+
+
+def test_vpg_trains_a_recurrent_policy_on_its_own(tmp_path):
+    model = VPG("MlpErnnPolicy", "ngrl/CueCorridor-v0", n_steps=32, sequence_length=8, batch_size=16, seed=0,
+                policy_kwargs=dict(cell="gru", hidden_size=8, net_arch=[8]))
+    before = get_flat_params(model._actor_params).clone()
+    model.learn(64)
+    assert (get_flat_params(model._actor_params) - before).norm() > 0
+    assert any(p is model.policy.rnn_actor.cell.weight_hh for p in model._actor_params)
+    with pytest.raises(ValueError, match="sequence_length=5 must be a positive divisor"):
+        VPG("MlpErnnPolicy", "ngrl/CueCorridor-v0", n_steps=32, sequence_length=5)
+
+
+def test_imaml_fisher_curvature_of_a_recurrent_policy_is_the_kl_hessian():
+    """iMAML's C v with curvature="fisher" on an ERNN policy equals the Hessian of the mean KL through the
+    unrolled sequences (autograd's dense Hessian, float64)."""
+    from agents.meta.rollouts import collect_task_rollouts
+    from agents.recurrent import SequenceActor
+    from agents.recurrent.on_policy import whole_rollout
+    from ngrl import unflatten
+    from ngrl.fisher import policy_distribution
+    from ngrl.linearize import module_function
+
+    model = IMAML("MlpErnnPolicy", CARTPOLE, inner_updates=1, curvature="fisher", **{**ERNN_TINY, "meta_batch_size": 1,
+                  "policy_kwargs": dict(cell="ernn", hidden_size=3, net_arch=[2])})
+    learner = model._learners[0]
+    model._start_learner(learner)
+    learner.policy.double()
+    collect_task_rollouts(make_vec_env(CARTPOLE, n_envs=1, seed=0), [learner], 32)
+    batch = whole_rollout(learner.rollout_buffer)[0]
+    batch = batch._replace(observations=batch.observations.double(), states=type(batch.states)(
+        *(tuple(s.double() for s in part) for part in batch.states)))
+    model._inner_batches[id(learner)] = batch
+    mv = model._curvature_mv(learner)
+    params = actor_parameters(learner.policy)
+    theta = get_flat_params(params).detach().clone()
+    family = policy_distribution(learner.policy)
+    with torch.no_grad():
+        old = learner.policy.actor_outputs(batch.observations, batch.states.pi, batch.episode_starts)
+    fn = module_function(SequenceActor(learner.policy), params)
+
+    def mean_kl(flat: torch.Tensor) -> torch.Tensor:
+        return family.kl(old, fn(unflatten(flat, params), batch)).mean()
+
+    hessian = torch.autograd.functional.hessian(mean_kl, theta)
+    v = torch.randn(theta.numel(), dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    torch.testing.assert_close(mv(v), hessian @ v, rtol=1e-6, atol=1e-8)
 
 
 @pytest.mark.slow

@@ -24,7 +24,7 @@ from agents.common import CheckpointMixin
 from agents.meta.rollouts import collect_task_rollouts
 from agents.meta.vpg import VPG
 from agents.npg import NPG
-from agents.recurrent.policies import RecurrentActorCriticPolicy
+from agents.recurrent import CnnErnnPolicy, MlpErnnPolicy
 from envs.task_family import Task, check_task
 from ngrl import get_flat_params, set_flat_params
 from ngrl.fisher import actor_parameters
@@ -53,7 +53,9 @@ class MetaLearner(CheckpointMixin, BaseAlgorithm):
     ``meta/inner_kl`` (mean KL of an inner update), ``meta/cg_iterations`` (CG iterations of an inner
     NPG update) and the algorithm's own keys (iMAML: ``meta/implicit_cg_iterations`` ...).
 
-    :param policy: the policy model ("MlpPolicy", "CnnPolicy", "MultiInputPolicy" or a class)
+    :param policy: the policy model ("MlpPolicy", "CnnPolicy", "MultiInputPolicy", or the recurrent
+        "MlpErnnPolicy"/"CnnErnnPolicy" with ``policy_kwargs=dict(cell="ernn"|"lstm"|"gru")``: each task's
+        rollouts then carry the policy's state, reset at episode starts; or a class)
     :param env: a task family: an env id (made with ``meta_batch_size`` sub-envs) or a VecEnv with one
         sub-env per task whose envs expose ``sample_tasks``/``set_task``/``get_task``
     :param learning_rate: the outer step (meaning set by the subclass; constant or schedule)
@@ -80,6 +82,8 @@ class MetaLearner(CheckpointMixin, BaseAlgorithm):
         "MlpPolicy": ActorCriticPolicy,
         "CnnPolicy": ActorCriticCnnPolicy,
         "MultiInputPolicy": MultiInputActorCriticPolicy,
+        "MlpErnnPolicy": MlpErnnPolicy,
+        "CnnErnnPolicy": CnnErnnPolicy,
     }
     needs_test_rollouts: ClassVar[bool] = True  # the outer update uses fresh rollouts of the adapted policies
 
@@ -161,11 +165,6 @@ class MetaLearner(CheckpointMixin, BaseAlgorithm):
             seed=seed,
             supported_action_spaces=(spaces.Box, spaces.Discrete, spaces.MultiDiscrete, spaces.MultiBinary),
         )
-        if isinstance(self.policy_class, type) and issubclass(self.policy_class, RecurrentActorCriticPolicy):
-            raise ValueError(
-                "recurrent policies are not supported by the meta-learners yet (their rollouts need the hidden state "
-                "per task): use MlpPolicy"
-            )
         self.inner_algo = inner_algo
         self.inner_updates = inner_updates
         self.meta_batch_size = meta_batch_size

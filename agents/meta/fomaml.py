@@ -13,7 +13,8 @@ from stable_baselines3.common.type_aliases import GymEnv, Schedule
 
 from agents.meta.base import MetaLearner
 from ngrl import flat_grad, unflatten
-from ngrl.fisher import ActorOutputs, actor_parameters, policy_distribution
+from agents.recurrent.on_policy import actor_module, is_recurrent, whole_rollout
+from ngrl.fisher import actor_parameters, policy_distribution
 
 __all__ = ["FOMAML", "surrogate_loss"]
 
@@ -21,14 +22,16 @@ __all__ = ["FOMAML", "surrogate_loss"]
 def surrogate_loss(learner: OnPolicyAlgorithm, rollout: Any) -> torch.Tensor:
     """L(φ) = −mean(π_φ(a|s)/π_old(a|s) · Â) on a rollout of ``learner`` (Â standardised as its inner algorithm does).
 
-    Its gradient at φ = φ_old is the negative policy gradient −mean(∇log π · Â).
+    Its gradient at φ = φ_old is the negative policy gradient −mean(∇log π · Â). ``rollout`` is the
+    whole rollout of :func:`~agents.recurrent.on_policy.whole_rollout` (sequences for a recurrent policy).
     """
     policy = learner.policy
     actions = rollout.actions.long().flatten() if isinstance(policy.action_space, spaces.Discrete) else rollout.actions
     advantages = rollout.advantages
     if getattr(learner, "normalize_advantage", True) and len(advantages) > 1:
         advantages = (advantages - advantages.mean()) / (advantages.std() + 1e-8)
-    log_prob = policy_distribution(policy).log_prob(ActorOutputs(policy)(rollout.observations), actions)
+    inputs = rollout if is_recurrent(policy) else rollout.observations
+    log_prob = policy_distribution(policy).log_prob(actor_module(policy)(inputs), actions)
     return -(torch.exp(log_prob - rollout.old_log_prob) * advantages).mean()
 
 
@@ -91,7 +94,7 @@ class FOMAML(MetaLearner):
     def _outer_update(self, learners: Sequence[OnPolicyAlgorithm]) -> dict[str, float]:
         gradients = []
         for learner in learners:
-            rollout = next(learner.rollout_buffer.get(batch_size=None))  # fresh rollouts of φᵢ
+            rollout, _ = whole_rollout(learner.rollout_buffer)  # fresh rollouts of φᵢ
             test_gradient = flat_grad(surrogate_loss(learner, rollout), actor_parameters(learner.policy))
             gradients.append(self._task_meta_gradient(learner, test_gradient))
         meta_gradient = torch.stack(gradients).mean(0)  # meanᵢ gᵢ

@@ -13,7 +13,10 @@ from stable_baselines3.common.type_aliases import GymEnv, Schedule
 
 from agents.meta.fomaml import FOMAML, surrogate_loss
 from ngrl import get_flat_params, set_flat_params
-from ngrl.fisher import actor_parameters, policy_fisher
+from agents.recurrent.on_policy import actor_module, is_recurrent, whole_rollout
+from ngrl.fisher import actor_parameters, policy_distribution, policy_fisher
+from ngrl.linearize import module_function
+from ngrl.recurrent import sequence_fisher
 from ngrl.implicit import hessian_vector_product, implicit_meta_gradient, proximal_shrink
 
 __all__ = ["IMAML"]
@@ -99,7 +102,7 @@ class IMAML(FOMAML):
         params = actor_parameters(learner.policy)
         set_flat_params(params, proximal_shrink(get_flat_params(params), theta, lam=self.lam, step=self.proximal_step))
         # Keep the rollout this update used: L̂ᵢ's curvature is taken on it at the adapted point.
-        self._inner_batches[id(learner)] = next(learner.rollout_buffer.get(batch_size=None))
+        self._inner_batches[id(learner)] = whole_rollout(learner.rollout_buffer)[0]
 
     def _curvature_mv(self, learner: OnPolicyAlgorithm):
         """v ↦ C v at φᵢ on the last inner rollout, or None when there was no inner update."""
@@ -109,6 +112,9 @@ class IMAML(FOMAML):
         params = actor_parameters(learner.policy)
         if self.curvature == "hessian":
             return hessian_vector_product(surrogate_loss(learner, batch), params)
+        if is_recurrent(learner.policy):  # through the unrolled recurrence, from each sequence's stored state
+            actor = actor_module(learner.policy)
+            return sequence_fisher(module_function(actor, params), params, batch, policy_distribution(learner.policy)).mv
         return policy_fisher(learner.policy, batch.observations, estimator="exact").mv
 
     def _task_meta_gradient(self, learner: OnPolicyAlgorithm, test_gradient: torch.Tensor) -> torch.Tensor:

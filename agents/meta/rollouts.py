@@ -14,6 +14,7 @@ from stable_baselines3.common.utils import obs_as_tensor
 from stable_baselines3.common.vec_env import VecEnv
 from torch import Tensor, nn
 
+from agents.recurrent.on_policy import is_recurrent, terminal_value
 from ngrl.fisher import ActorOutputs, policy_distribution
 
 __all__ = ["StackedPolicies", "collect_task_rollouts"]
@@ -56,9 +57,10 @@ class StackedPolicies:
 
     @staticmethod
     def supports(policies: Sequence[Any], observation_space: spaces.Space) -> bool:
-        """The fast path covers plain actor-critic MLP/CNN policies on Box observations (no gSDE, no squashing)."""
+        """The fast path covers plain actor-critic MLP/CNN policies on Box observations (no gSDE, no squashing, no state)."""
         return all(
-            type(p) is type(policies[0]) and isinstance(p, ActorCriticPolicy) and not p.use_sde and not p.squash_output
+            type(p) is type(policies[0]) and isinstance(p, ActorCriticPolicy) and not is_recurrent(p)
+            and not p.use_sde and not p.squash_output
             for p in policies
         ) and isinstance(observation_space, spaces.Box)
 
@@ -79,7 +81,9 @@ def collect_task_rollouts(
 ) -> tuple[np.ndarray, bool]:
     """Fill ``learners[i].rollout_buffer`` with ``n_steps`` transitions of sub-env i under ``learners[i].policy``.
 
-    The sub-envs are reset first, so a batch starts with fresh episodes of the current tasks. Time-limit
+    The sub-envs are reset first, so a batch starts with fresh episodes of the current tasks. A recurrent
+    policy's state starts at zero, is carried through the batch, reset at episode starts and stored in
+    the learner's (recurrent) buffer with every step. Time-limit
     truncations are bootstrapped with each learner's own critic (r ← r + γV(s_T)), as SB3 does; the
     buffers end with GAE returns and advantages, ready for ``learner.train()``.
 
@@ -106,10 +110,20 @@ def collect_task_rollouts(
     stacked = StackedPolicies([learner.policy for learner in learners]) if StackedPolicies.supports(
         [learner.policy for learner in learners], env.observation_space
     ) else None
+    recurrent = is_recurrent(learners[0].policy)
+    states = [learner.policy.initial_state(1) for learner in learners] if recurrent else [None] * n
+    new_states = list(states)
     for _ in range(n_steps):
         steps = []
         with torch.no_grad():
-            if stacked is not None:
+            if recurrent:
+                for i, learner in enumerate(learners):
+                    start = torch.as_tensor(starts[i : i + 1], dtype=torch.float32, device=learner.device)
+                    actions, values, log_probs, new_states[i] = learner.policy(
+                        obs_as_tensor(_row(obs, i), learner.device), states[i], start
+                    )
+                    steps.append((actions.cpu().numpy(), values, log_probs))
+            elif stacked is not None:
                 all_actions, all_values, all_log_probs = stacked(obs_as_tensor(obs, learners[0].device))
                 all_actions = all_actions.reshape(n, *action_space.shape).cpu().numpy()
                 steps = [(all_actions[i : i + 1], all_values[i : i + 1], all_log_probs[i : i + 1]) for i in range(n)]
@@ -134,15 +148,23 @@ def collect_task_rollouts(
             reward = np.array(rewards[i : i + 1], dtype=np.float32)
             terminal = infos[i].get("terminal_observation")
             if dones[i] and terminal is not None and infos[i].get("TimeLimit.truncated", False):
-                with torch.no_grad():
-                    terminal_value = learner.policy.predict_values(learner.policy.obs_to_tensor(terminal)[0])[0]
-                reward = reward + learner.gamma * terminal_value.cpu().numpy()
+                if recurrent:
+                    reward = reward + learner.gamma * terminal_value(learner.policy, terminal, new_states[i], 0)
+                else:
+                    with torch.no_grad():
+                        value = learner.policy.predict_values(learner.policy.obs_to_tensor(terminal)[0])[0]
+                    reward = reward + learner.gamma * value.cpu().numpy()
             action = steps[i][0].reshape(1, -1) if isinstance(action_space, spaces.Discrete) else steps[i][0]
-            learner.rollout_buffer.add(_row(obs, i), action, reward, starts[i : i + 1], steps[i][1], steps[i][2])
-        obs, starts = new_obs, dones
+            extra = {"state": states[i]} if recurrent else {}
+            learner.rollout_buffer.add(_row(obs, i), action, reward, starts[i : i + 1], steps[i][1], steps[i][2], **extra)
+        obs, starts, states = new_obs, dones, list(new_states)
     for i, learner in enumerate(learners):
         with torch.no_grad():
-            last_value = learner.policy.predict_values(obs_as_tensor(_row(obs, i), learner.device))
+            if recurrent:
+                start = torch.as_tensor(dones[i : i + 1], dtype=torch.float32, device=learner.device)
+                last_value = learner.policy.predict_values(obs_as_tensor(_row(obs, i), learner.device), states[i].vf, start)
+            else:
+                last_value = learner.policy.predict_values(obs_as_tensor(_row(obs, i), learner.device))
         learner.rollout_buffer.compute_returns_and_advantage(last_values=last_value, dones=dones[i : i + 1])
     return _mean_returns(totals, counts, running), True
 

@@ -12,22 +12,26 @@ from stable_baselines3.common.on_policy_algorithm import OnPolicyAlgorithm
 from stable_baselines3.common.policies import ActorCriticCnnPolicy, ActorCriticPolicy, BasePolicy, MultiInputActorCriticPolicy
 from stable_baselines3.common.type_aliases import GymEnv, Schedule
 
-from agents.common import CheckpointMixin, critic_parameters
+from agents.common import CheckpointMixin
+from agents.recurrent import CnnErnnPolicy, MlpErnnPolicy
+from agents.recurrent.on_policy import RecurrentOnPolicyMixin, whole_rollout
 from ngrl import flat_grad, get_flat_params, set_flat_params
-from ngrl.fisher import ActorOutputs, actor_parameters, policy_distribution
+from ngrl.fisher import policy_distribution
 
 __all__ = ["VPG"]
 
 
-class VPG(CheckpointMixin, OnPolicyAlgorithm):
+class VPG(CheckpointMixin, RecurrentOnPolicyMixin, OnPolicyAlgorithm):
     """
     Vanilla policy gradient (Williams 1992, REINFORCE; Sutton et al. 2000, with a learned baseline):
     θ ← θ + α ĝ with ĝ = (1/N) Σₜ ∇_θ log π_θ(aₜ|sₜ) Âₜ (GAE advantages). The inner-loop step of
     MAML-RL (Finn, Abbeel & Levine 2017). ĝ is taken as the gradient of the surrogate
     E[π_θ/π_old · Â] at θ_old, which equals it. The critic is fitted with the policy's optimizer
-    (Adam, ``learning_rate``); its gradients never touch the actor.
+    (Adam, ``learning_rate``); its gradients never touch the actor. Recurrent policies
+    (``"MlpErnnPolicy"``, ``"CnnErnnPolicy"``) are trained on whole sequences, as in :class:`agents.NPG`.
 
-    :param policy: the policy model ("MlpPolicy", "CnnPolicy", "MultiInputPolicy" or a class)
+    :param policy: the policy model ("MlpPolicy", "CnnPolicy", "MultiInputPolicy", "MlpErnnPolicy",
+        "CnnErnnPolicy" or a class)
     :param env: the environment to learn from (an env id, an env or a VecEnv)
     :param learning_rate: learning rate of the critic's optimizer
     :param step_size: α, the actor's gradient-ascent step
@@ -37,6 +41,8 @@ class VPG(CheckpointMixin, OnPolicyAlgorithm):
     :param gae_lambda: λ of generalised advantage estimation
     :param n_critic_updates: epochs of critic minibatch updates per rollout
     :param normalize_advantage: standardise advantages per rollout
+    :param sequence_length: recurrent policies only: steps per sequence in the critic's minibatches
+        (a divisor of n_steps; default n_steps)
     :param stats_window_size: episodes averaged in the rollout logs
     :param tensorboard_log: tensorboard log folder (None: no tensorboard)
     :param policy_kwargs: keyword arguments of the policy
@@ -50,6 +56,8 @@ class VPG(CheckpointMixin, OnPolicyAlgorithm):
         "MlpPolicy": ActorCriticPolicy,
         "CnnPolicy": ActorCriticCnnPolicy,
         "MultiInputPolicy": MultiInputActorCriticPolicy,
+        "MlpErnnPolicy": MlpErnnPolicy,
+        "CnnErnnPolicy": CnnErnnPolicy,
     }
 
     def __init__(
@@ -64,6 +72,7 @@ class VPG(CheckpointMixin, OnPolicyAlgorithm):
         gae_lambda: float = 0.95,
         n_critic_updates: int = 10,
         normalize_advantage: bool = True,
+        sequence_length: int | None = None,
         stats_window_size: int = 100,
         tensorboard_log: str | None = None,
         policy_kwargs: dict[str, Any] | None = None,
@@ -95,7 +104,10 @@ class VPG(CheckpointMixin, OnPolicyAlgorithm):
         )
         if not step_size > 0:
             raise ValueError(f"step_size must be positive, got {step_size}")
+        if sequence_length is not None and (sequence_length < 1 or n_steps % sequence_length):
+            raise ValueError(f"sequence_length={sequence_length} must be a positive divisor of n_steps={n_steps}")
         self.step_size = step_size
+        self.sequence_length = sequence_length
         self.batch_size = batch_size
         self.n_critic_updates = n_critic_updates
         self.normalize_advantage = normalize_advantage
@@ -103,20 +115,17 @@ class VPG(CheckpointMixin, OnPolicyAlgorithm):
             self._setup_model()
 
     def _setup_model(self) -> None:
-        super()._setup_model()
-        self._actor = ActorOutputs(self.policy)
+        self._setup_actor()
         self._family = policy_distribution(self.policy)
-        self._actor_params = actor_parameters(self.policy)
-        self._critic_params = critic_parameters(self.policy)
 
     def _excluded_save_params(self) -> list[str]:
-        return [*super()._excluded_save_params(), "_actor", "_family", "_actor_params", "_critic_params"]
+        return [*super()._excluded_save_params(), "_family"]
 
     def train(self) -> None:
         """θ ← θ + α ĝ on the whole rollout, then the critic's epochs."""
         self.policy.set_training_mode(True)
         self._update_learning_rate(self.policy.optimizer)
-        rollout = next(self.rollout_buffer.get(batch_size=None))
+        rollout, actor_inputs = whole_rollout(self.rollout_buffer)
         actions = rollout.actions.long().flatten() if isinstance(self.action_space, spaces.Discrete) else rollout.actions
         advantages = rollout.advantages
         if not torch.isfinite(advantages).all():
@@ -125,17 +134,17 @@ class VPG(CheckpointMixin, OnPolicyAlgorithm):
             advantages = (advantages - advantages.mean()) / (advantages.std() + 1e-8)
 
         params = self._actor_params
-        outputs = self._actor(rollout.observations)
+        outputs = self._actor(actor_inputs)
         ratio = torch.exp(self._family.log_prob(outputs, actions) - rollout.old_log_prob)
         gradient = flat_grad((ratio * advantages).mean(), params)  # ĝ = mean ∇log π · Â at θ_old
         set_flat_params(params, get_flat_params(params) + self.step_size * gradient)
         with torch.no_grad():
-            kl = float(self._family.kl(outputs.detach(), self._actor(rollout.observations)).mean())
+            kl = float(self._family.kl(outputs.detach(), self._actor(actor_inputs)).mean())
 
         value_losses = []
         for _ in range(self.n_critic_updates):
-            for batch in self.rollout_buffer.get(self.batch_size):
-                value_loss = F.mse_loss(batch.returns, self.policy.predict_values(batch.observations).flatten())
+            for batch, values in self._critic_batches():
+                value_loss = F.mse_loss(batch.returns, values)
                 self.policy.optimizer.zero_grad(set_to_none=True)
                 value_loss.backward()
                 for p in params:  # the critic must not move the actor

@@ -10,15 +10,13 @@ from gymnasium import spaces
 from torch.nn import functional as F
 from stable_baselines3.common.on_policy_algorithm import OnPolicyAlgorithm
 from stable_baselines3.common.policies import BasePolicy
-from stable_baselines3.common.buffers import RolloutBuffer
-from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.type_aliases import GymEnv, MaybeCallback, Schedule
-from stable_baselines3.common.utils import explained_variance, obs_as_tensor
-from stable_baselines3.common.vec_env import VecEnv
+from stable_baselines3.common.utils import explained_variance
 
-from agents.common import CheckpointMixin, critic_parameters
+from agents.common import CheckpointMixin
 from agents.npg.policies import CnnPolicy, MlpPolicy, MultiInputPolicy
-from agents.recurrent import CnnErnnPolicy, MlpErnnPolicy, RecurrentActorCriticPolicy, RecurrentRolloutBuffer, SequenceActor
+from agents.recurrent import CnnErnnPolicy, MlpErnnPolicy
+from agents.recurrent.on_policy import RecurrentOnPolicyMixin, whole_rollout
 from ngrl import (
     backtracking_line_search,
     conjugate_gradient,
@@ -28,14 +26,14 @@ from ngrl import (
     kl_step_size,
     set_flat_params,
 )
-from ngrl.fisher import ESTIMATORS, KFACOperator, ActorOutputs, actor_parameters, policy_distribution, policy_fisher, policy_linearization
+from ngrl.fisher import ESTIMATORS, KFACOperator, policy_distribution, policy_fisher, policy_linearization
 from ngrl.linearize import module_function
 from ngrl.recurrent import SequenceLinearization, sequence_fisher
 
 SelfNPG = TypeVar("SelfNPG", bound="NPG")
 
 
-class NPG(CheckpointMixin, OnPolicyAlgorithm):
+class NPG(CheckpointMixin, RecurrentOnPolicyMixin, OnPolicyAlgorithm):
     """
     Natural Policy Gradient with a KL trust region (Kakade 2002, "A Natural Policy Gradient";
     Peters & Schaal 2008, "Natural Actor-Critic"; step rule of Schulman et al. 2015, App. C).
@@ -188,99 +186,14 @@ class NPG(CheckpointMixin, OnPolicyAlgorithm):
             self._setup_model()
 
     def _setup_model(self) -> None:
-        self._recurrent = isinstance(self.policy_class, type) and issubclass(self.policy_class, RecurrentActorCriticPolicy)
-        if self._recurrent:
-            if self.rollout_buffer_class is None:
-                self.rollout_buffer_class = RecurrentRolloutBuffer
-            elif not issubclass(self.rollout_buffer_class, RecurrentRolloutBuffer):
-                raise ValueError("a recurrent policy needs a RecurrentRolloutBuffer (leave rollout_buffer_class unset)")
-        super()._setup_model()
+        self._setup_actor()
         self._family = policy_distribution(self.policy)
         if self._recurrent:
             # the actor as a function of whole sequences (stored start state, resets at episode starts)
-            self._actor = SequenceActor(self.policy)
-            self._actor_params = self.policy.actor_parameters()
-            self._critic_params = self.policy.critic_parameters()
             self._actor_fn = module_function(self._actor, self._actor_params)
-            self._last_rnn_state = self.policy.initial_state(self.n_envs)
-        else:
-            self._actor = ActorOutputs(self.policy)
-            self._actor_params = actor_parameters(self.policy)
-            self._critic_params = critic_parameters(self.policy)
 
     def _excluded_save_params(self) -> list[str]:
-        # the running recurrent state is not saved: a loaded model starts episodes from zero states
-        return [
-            *super()._excluded_save_params(),
-            "_actor", "_family", "_actor_params", "_critic_params", "_actor_fn", "_last_rnn_state",
-        ]
-
-    def _setup_learn(
-        self,
-        total_timesteps: int,
-        callback: MaybeCallback = None,
-        reset_num_timesteps: bool = True,
-        tb_log_name: str = "run",
-        progress_bar: bool = False,
-    ):
-        result = super()._setup_learn(total_timesteps, callback, reset_num_timesteps, tb_log_name, progress_bar)
-        if self._recurrent and (reset_num_timesteps or self._last_rnn_state.pi[0].shape[0] != self.n_envs):
-            self._last_rnn_state = self.policy.initial_state(self.n_envs)
-        return result
-
-    def collect_rollouts(
-        self, env: VecEnv, callback: BaseCallback, rollout_buffer: RolloutBuffer, n_rollout_steps: int
-    ) -> bool:
-        """SB3's rollout loop; with a recurrent policy the state is carried, reset at episode starts and stored."""
-        if not self._recurrent:
-            return super().collect_rollouts(env, callback, rollout_buffer, n_rollout_steps)
-        assert self._last_obs is not None, "No previous observation was provided"
-        self.policy.set_training_mode(False)
-        rollout_buffer.reset()
-        callback.on_rollout_start()
-        state = self._last_rnn_state
-        n_steps = 0
-        while n_steps < n_rollout_steps:
-            with torch.no_grad():
-                obs_tensor = obs_as_tensor(self._last_obs, self.device)
-                starts = torch.as_tensor(self._last_episode_starts, dtype=torch.float32, device=self.device)
-                actions, values, log_probs, new_state = self.policy(obs_tensor, state, starts)
-            actions = actions.cpu().numpy()
-            clipped_actions = actions
-            if isinstance(self.action_space, spaces.Box):
-                clipped_actions = np.clip(actions, self.action_space.low, self.action_space.high)
-            new_obs, rewards, dones, infos = env.step(clipped_actions)
-            self.num_timesteps += env.num_envs
-            callback.update_locals(locals())
-            if not callback.on_step():
-                return False
-            self._update_info_buffer(infos, dones)
-            n_steps += 1
-            if isinstance(self.action_space, spaces.Discrete):
-                actions = actions.reshape(-1, 1)
-            # Bootstrap truncated episodes with the critic's value of the terminal observation, its
-            # state being the one the critic reached in that env (SB3 issue #633).
-            for idx, done in enumerate(dones):
-                truncated = infos[idx].get("TimeLimit.truncated", False)
-                if done and truncated and infos[idx].get("terminal_observation") is not None:
-                    terminal_obs = self.policy.obs_to_tensor(infos[idx]["terminal_observation"])[0]
-                    with torch.no_grad():
-                        critic_state = tuple(s[idx : idx + 1] for s in new_state.vf)
-                        no_reset = torch.zeros(1, device=self.device)
-                        terminal_value = self.policy.predict_values(terminal_obs, critic_state, no_reset)[0]
-                    rewards[idx] += self.gamma * terminal_value.item()
-            rollout_buffer.add(self._last_obs, actions, rewards, self._last_episode_starts, values, log_probs, state=state)
-            self._last_obs = new_obs
-            self._last_episode_starts = dones
-            state = new_state
-        self._last_rnn_state = state
-        with torch.no_grad():
-            starts = torch.as_tensor(dones, dtype=torch.float32, device=self.device)
-            values = self.policy.predict_values(obs_as_tensor(new_obs, self.device), state.vf, starts)
-        rollout_buffer.compute_returns_and_advantage(last_values=values, dones=dones)
-        callback.update_locals(locals())
-        callback.on_rollout_end()
-        return True
+        return [*super()._excluded_save_params(), "_family", "_actor_fn"]
 
     def _fisher(self, inputs: Any, actions: torch.Tensor):
         """The Fisher operator over the actor's parameters, on every ``sub_sampling_factor``-th state (or sequence)."""
@@ -336,13 +249,8 @@ class NPG(CheckpointMixin, OnPolicyAlgorithm):
         """One natural-gradient step of the actor on the whole rollout, then the critic's epochs."""
         self.policy.set_training_mode(True)
         self._update_learning_rate(self.policy.optimizer)
-        if self._recurrent:
-            # the whole rollout: one sequence per env, from the state that entered its first step
-            rollout = next(self.rollout_buffer.get_sequences(batch_size=None))
-            actor_inputs = rollout
-        else:
-            rollout = next(self.rollout_buffer.get(batch_size=None))
-            actor_inputs = rollout.observations
+        # the whole rollout (recurrent: one sequence per env, from the state that entered its first step)
+        rollout, actor_inputs = whole_rollout(self.rollout_buffer)
         actions = rollout.actions
         if isinstance(self.action_space, spaces.Discrete):
             actions = actions.long().flatten()
@@ -395,15 +303,7 @@ class NPG(CheckpointMixin, OnPolicyAlgorithm):
 
         value_losses = []
         for _ in range(self.n_critic_updates):
-            if self._recurrent:
-                batches = self.rollout_buffer.get_sequences(self.sequence_length, self.batch_size)
-            else:
-                batches = self.rollout_buffer.get(self.batch_size)
-            for batch in batches:
-                if self._recurrent:
-                    values = self.policy.predict_values(batch.observations, batch.states.vf, batch.episode_starts).flatten()
-                else:
-                    values = self.policy.predict_values(batch.observations).flatten()
+            for batch, values in self._critic_batches():
                 value_loss = F.mse_loss(batch.returns, values)
                 self.policy.optimizer.zero_grad(set_to_none=True)
                 value_loss.backward()

@@ -47,8 +47,13 @@ def actor_parameters(policy: ActorCriticPolicy) -> list[nn.Parameter]:
     Taken from the modules that compute the action distribution (``pi_features_extractor``,
     ``mlp_extractor.policy_net``, ``action_net``, ``log_std``), never by matching names. With a
     shared features extractor its parameters belong to the actor too (they move with the policy step).
+    A policy with modules of its own in the actor's path (a recurrent core) declares them by an
+    ``actor_parameters()`` method, which is used instead.
     """
     _check_policy(policy)
+    own = getattr(policy, "actor_parameters", None)
+    if callable(own):
+        return list(own())
     modules = [policy.pi_features_extractor, policy.mlp_extractor.policy_net, policy.action_net]
     params: list[nn.Parameter] = [p for m in modules for p in m.parameters()]
     log_std = getattr(policy, "log_std", None)
