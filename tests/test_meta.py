@@ -359,7 +359,15 @@ def test_cli_meta_train_and_adapt(tmp_path):
     assert "| 0 |" in out.stdout and "| 1 |" in out.stdout
     saved = json.loads((tmp_path / "a.json").read_text())
     assert len(saved["tasks"]) == 3 and len(saved["returns"]["1"]) == 3
-
+    # a recurrent inner policy, chosen by --policy
+    out = run("meta-train", "--algo", "reptile", "--env", NAV, "--policy", "MlpErnnPolicy", "--n-timesteps", "200",
+              "--log-folder", str(tmp_path / "logs"), "--n-eval-tasks", "2",
+              "--hyperparams", "meta_batch_size=2", "n_steps=50", "policy_kwargs=dict(cell='ernn', hidden_size=8, net_arch=[8])")
+    assert out.returncode == 0, out.stderr
+    model = tmp_path / "logs" / "reptile" / "ngrl-Navigation2D-v0_1" / "ngrl-Navigation2D-v0.zip"
+    assert "MlpErnnPolicy" in (model.parent / "config.yml").read_text()
+    out = run("adapt", "--model", str(model), "--n-tasks", "2", "--n-updates", "0", "1")
+    assert out.returncode == 0 and "| 1 |" in out.stdout, out.stderr
 
 
 def test_cli_errors_exit_2(tmp_path, capsys):

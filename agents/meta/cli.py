@@ -69,6 +69,7 @@ def _meta_train(args: argparse.Namespace, load_hyperparams, parse_key_values) ->
     n_timesteps = int(args.n_timesteps if args.n_timesteps is not None else params.pop("n_timesteps", 200_000))
     params.pop("n_timesteps", None)
     policy = params.pop("policy", "MlpPolicy")
+    policy = args.policy or policy
     accepted: set[str] = set()
     for base in algo_cls.__mro__:  # the meta-learner's own arguments and those it passes on
         if base.__module__.startswith("agents.meta") and "__init__" in vars(base):
@@ -153,6 +154,9 @@ def add_meta_subcommands(commands: Any, load_hyperparams: Callable[..., dict[str
     meta.add_argument("--env", required=True, help="a registered task family, e.g. ngrl/Navigation2D-v0")
     meta.add_argument("--env-kwargs", nargs="*", metavar="KEY=VALUE", help="keyword arguments of the env (parsed as data)")
     meta.add_argument("--n-timesteps", type=int, help="environment steps over all tasks (default: the config's n_timesteps)")
+    meta.add_argument(
+        "--policy", help="policy name: MlpPolicy (default, else the config's) or MlpErnnPolicy (cell set by policy_kwargs)"
+    )
     meta.add_argument("--hyperparams", nargs="*", metavar="KEY=VALUE", help="override config entries")
     meta.add_argument("--config", help="YAML file to read instead of configs/<algo>.yml")
     meta.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
