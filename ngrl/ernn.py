@@ -87,11 +87,14 @@ class ERNNCell(nn.Module):
         self.weight_ih = nn.Parameter(torch.empty(hidden_size, input_size))  # W
         self.weight_hh = nn.Parameter(torch.empty(hidden_size, hidden_size))  # V, with U = V·min(1, ρ/‖V‖₂)
         self.bias = nn.Parameter(torch.empty(hidden_size)) if bias else None
+        self.learn_eta = bool(learn_eta)
         if learn_eta:
             self.eta = nn.Parameter(torch.full((num_iters,), float(eta)))
         else:
             self.register_buffer("eta", torch.full((num_iters,), float(eta)), persistent=False)
         self._eta_values = [float(eta)] * num_iters  # fixed steps as Python numbers: no tensor ops for η
+        # ηγ = 1 with a fixed η: the iteration is z ← η φ(U z + d), run as y ← φ((ηU) y + d) on y = z/η
+        self._rescaled = not learn_eta and float(eta) * float(gamma) == 1.0
         # with no bound on U (ρ = ∞) only the decay term can be kept stable: η < 2/γ
         slope_bound = 0.0 if math.isinf(self.max_recurrent_norm) else self.max_recurrent_norm * _MAX_SLOPE[activation]
         self._eta_max = 0.95 * 2.0 / (gamma + slope_bound)
@@ -136,15 +139,29 @@ class ERNNCell(nn.Module):
         z = h + h_prev
         return self._phi(z @ self.recurrent_weight().T + self.input_projection(x)) - self.gamma * z
 
-    def step(self, drive: Tensor, h_prev: Tensor, recurrent_weight: Tensor) -> Tensor:
+    def iteration_weights(self, recurrent_weight: Tensor) -> tuple[Tensor, Tensor | None]:
+        """(Uᵀ, (ηU)ᵀ or None): what :meth:`step` multiplies by, computed once per sequence."""
+        weight_t = recurrent_weight.T
+        return weight_t, (weight_t * self._eta_values[0] if self._rescaled else None)
+
+    def step(self, drive: Tensor, h_prev: Tensor, recurrent_weight: Tensor, scaled_weight_t: Tensor | None = None) -> Tensor:
         """K Euler steps h⁽ⁱ⁺¹⁾ = h⁽ⁱ⁾ + ηᵢ f(h⁽ⁱ⁾) from h⁽⁰⁾ = 0, given drive = W x + b and U.
 
         Iterated on z = h + h_prev (h_prev is fixed within the step): z⁽⁰⁾ = h_prev,
-        z⁽ⁱ⁺¹⁾ = (1 − ηᵢγ) z⁽ⁱ⁾ + ηᵢ φ(U z⁽ⁱ⁾ + W x + b), and h = z⁽ᴷ⁾ − h_prev.
+        z⁽ⁱ⁺¹⁾ = (1 − ηᵢγ) z⁽ⁱ⁾ + ηᵢ φ(U z⁽ⁱ⁾ + W x + b), and h = z⁽ᴷ⁾ − h_prev. With ηγ = 1 and a fixed η
+        the iterates after the first are z⁽ⁱ⁾ = η y⁽ⁱ⁾, y⁽ⁱ⁺¹⁾ = φ((ηU) y⁽ⁱ⁾ + W x + b): two operations per
+        iteration instead of three (``scaled_weight_t`` = (ηU)ᵀ, from :meth:`iteration_weights`).
         """
         weight_t = recurrent_weight.T
+        if self._rescaled:
+            if scaled_weight_t is None:
+                scaled_weight_t = weight_t * self._eta_values[0]
+            y = self._phi(torch.addmm(drive, h_prev, weight_t))  # y⁽¹⁾ = z⁽¹⁾/η
+            for _ in range(self.num_iters - 1):
+                y = self._phi(torch.addmm(drive, y, scaled_weight_t))
+            return torch.add(-h_prev, y, alpha=self._eta_values[0])
         z = h_prev
-        if isinstance(self.eta, nn.Parameter):
+        if self.learn_eta:
             # learned steps are kept below 2/(γ + ρ·max φ′), where |1 − ηγ| + η·ρ·max φ′ < 1: each step contracts
             etas = self.eta.clamp(1e-4, self._eta_max)
             for i in range(self.num_iters):
@@ -197,12 +214,13 @@ class ERNN(nn.Module):
         if episode_starts is not None and episode_starts.shape != (batch, steps):
             raise ValueError(f"episode_starts must have shape ({batch}, {steps}), got {tuple(episode_starts.shape)}")
         weight = self.cell.recurrent_weight()  # once per sequence
+        _, scaled_weight_t = self.cell.iteration_weights(weight)
         drives = self.cell.input_projection(x)  # W xₜ + b for every t at once
         keep = None if episode_starts is None else (1.0 - episode_starts.to(x.dtype)).unsqueeze(-1)
         outputs = []
         for t in range(steps):
             if keep is not None:
                 h = h * keep[:, t]
-            h = self.cell.step(drives[:, t], h, weight)
+            h = self.cell.step(drives[:, t], h, weight, scaled_weight_t)
             outputs.append(h)
         return torch.stack(outputs, dim=1), h

@@ -212,3 +212,17 @@ def test_runs_on_cuda_like_on_cpu() -> None:
     gpu_out, _ = model.cuda()(x.cuda(), None, starts.cuda())
     assert gpu_out.device.type == "cuda"
     torch.testing.assert_close(gpu_out.cpu(), cpu_out)
+
+
+@pytest.mark.parametrize("eta,gamma", [(0.25, 4.0), (0.2, 5.0)])
+def test_rescaled_iteration_equals_the_plain_euler_steps(eta, gamma):
+    """With ηγ = 1 the cell iterates y = z/η with (ηU): the same states as the plain Euler steps (float64)."""
+    torch.manual_seed(0)
+    rnn = ERNN(3, 16, eta=eta, gamma=gamma).double()
+    assert rnn.cell._rescaled
+    x = torch.randn(4, 50, 3, dtype=torch.float64)
+    starts = (torch.rand(4, 50) < 0.1).double()
+    fast, _ = rnn(x, None, starts)
+    rnn.cell._rescaled = False
+    plain, _ = rnn(x, None, starts)
+    torch.testing.assert_close(fast, plain, rtol=1e-12, atol=1e-12)
