@@ -2,6 +2,8 @@
 
     python bench/bench_ernn.py gradnorm                 # ‖∂h_T/∂h_0‖ of the cells at init (seconds)
     python bench/bench_ernn.py learn --seeds 0 1 2      # learning table (long on 2 cores: see --steps)
+    python bench/bench_ernn.py probe                    # can the cell's state tell velocities? (minutes)
+    python bench/bench_ernn.py speed                    # training seconds per 100k steps, interleaved (minutes)
 
 Learning protocol: the same seeds and the same run for every method; a separate evaluation env,
 deterministic episodes every few thousand steps (see TASKS; 20 episodes for the corridor, 10 for CartPoleNoVel;
@@ -281,6 +283,127 @@ def cmd_gradnorm(args: argparse.Namespace) -> None:
     (RESULTS / "ernn_gradnorm.json").write_text(json.dumps({"command": " ".join(sys.argv), "rows": rows}, indent=1))
 
 
+def velocity_data(n_seq: int, steps: int, seed: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """CartPole sequences (each from a reset) under a noisy balancing controller: positions (x, θ), the
+    previous step's velocities (ẋ, θ̇)ₖ₋₁ = (xₖ − xₖ₋₁)/τ (0 at episode starts), and episode-start flags."""
+    import gymnasium as gym
+
+    env = gym.make("CartPole-v1")
+    rng = np.random.default_rng(seed)
+    obs, _ = env.reset(seed=seed)
+    x = np.zeros((n_seq, steps, 2), np.float32)
+    y = np.zeros((n_seq, steps, 2), np.float32)
+    starts = np.zeros((n_seq, steps), np.float32)
+    for i in range(n_seq):
+        obs, _ = env.reset()
+        start, previous = True, obs
+        for t in range(steps):
+            x[i, t], starts[i, t] = obs[[0, 2]], float(start)
+            y[i, t] = 0.0 if start else previous[[1, 3]]
+            previous = obs.copy()
+            action = int(obs[2] + 0.5 * obs[3] > 0) if rng.random() > 0.3 else int(rng.integers(2))
+            obs, _, terminated, truncated, _ = env.step(action)
+            start = terminated or truncated
+            if start:
+                obs, _ = env.reset()
+    return torch.as_tensor(x), torch.as_tensor(y), torch.as_tensor(starts)
+
+
+PROBE_CELLS: dict[str, tuple[str, dict[str, Any]]] = {
+    "lstm": ("lstm", {}),
+    "gru": ("gru", {}),
+    "ernn (ηγ = 1, K = 5; readout [h, z])": ("ernn", {}),
+    "ernn (ηγ = 1, K = 5; readout h)": ("ernn", {"readout": "state"}),
+    "ernn (ηγ = 1, K = 1)": ("ernn", {"num_iters": 1}),
+    "ernn (η = 0.05: ηγ = 0.2, K = 5)": ("ernn", {"eta": 0.05}),
+    "ernn (learned η)": ("ernn", {"learn_eta": True}),
+}
+
+
+def cmd_probe(args: argparse.Namespace) -> None:
+    """Supervised probe of what a cell's state holds: decode the last step's (ẋ, θ̇) from CartPole positions.
+
+    Core (hidden 32) → MLP head [32], trained by Adam (lr 3e-3, batches of 32 sequences of 64 steps) on
+    256 sequences; reported: the unexplained variance on 64 held-out sequences (1 − R², per target).
+    """
+    torch.set_num_threads(1)
+    from agents.recurrent.cores import make_core
+
+    x_train, y_train, s_train = velocity_data(256, 64, seed=0)
+    x_test, y_test, s_test = velocity_data(64, 64, seed=1)
+    x_scale, y_scale = x_train.reshape(-1, 2).std(0), y_train.reshape(-1, 2).std(0)
+    rows = []
+    for name, (cell, kwargs) in PROBE_CELLS.items():
+        for seed in args.seeds:
+            torch.manual_seed(seed)
+            core = make_core(cell, 2, 32, **kwargs)
+            head = torch.nn.Sequential(torch.nn.Linear(core.output_size, 32), torch.nn.Tanh(), torch.nn.Linear(32, 2))
+            optimizer = torch.optim.Adam([*core.parameters(), *head.parameters()], lr=3e-3)
+            start = time.perf_counter()
+            for _ in range(args.iterations):
+                index = torch.randint(0, len(x_train), (32,))
+                out, _ = core(x_train[index] / x_scale, core.initial_state(32, x_train.device), s_train[index])
+                loss = ((head(out) - y_train[index] / y_scale) ** 2).mean()
+                optimizer.zero_grad()
+                loss.backward()
+                optimizer.step()
+            with torch.no_grad():
+                out, _ = core(x_test / x_scale, core.initial_state(len(x_test), x_test.device), s_test)
+                error = ((head(out) - y_test / y_scale) ** 2).mean(dim=(0, 1)) / ((y_test / y_scale) ** 2).mean(dim=(0, 1))
+            rows.append({"cell": name, "seed": seed, "unexplained_xdot": float(error[0]), "unexplained_thetadot": float(error[1]),
+                         "seconds": time.perf_counter() - start})
+            print(f"{name:40s} seed {seed}: 1 − R² ẋ {error[0]:.3f}, θ̇ {error[1]:.3f}", flush=True)
+    lines = ["| cell (hidden 32) | 1 − R² of ẋₖ₋₁ | 1 − R² of θ̇ₖ₋₁ |", "|---|---|---|"]
+    for name in PROBE_CELLS:
+        group = [r for r in rows if r["cell"] == name]
+        lines.append(
+            f"| {name} | {statistics.median(r['unexplained_xdot'] for r in group):.3f} | "
+            f"{statistics.median(r['unexplained_thetadot'] for r in group):.3f} |"
+        )
+    print("\n".join(lines))
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / "ernn_probe.json").write_text(json.dumps({"command": " ".join(sys.argv), "rows": rows}, indent=1))
+
+
+def cmd_speed(args: argparse.Namespace) -> None:
+    """Training wall time per 100k steps of each method, runs interleaved (method order rotates every
+    repetition) so that a change in machine load hits every method alike; one torch thread; the
+    models of ``learn`` (same hyper-parameters), timed after one warm-up rollout, no evaluation."""
+    torch.set_num_threads(1)
+    import envs  # noqa: F401
+    from stable_baselines3.common.env_util import make_vec_env
+    from stable_baselines3.common.vec_env import VecNormalize
+
+    rows = []
+    for task in args.tasks:
+        env_id, env_kwargs, _, _, n_steps, n_envs, _ = TASKS[task]
+        for rep in range(args.repeats):
+            order = args.methods[rep % len(args.methods):] + args.methods[: rep % len(args.methods)]
+            for method in order:
+                env = make_vec_env(env_id, n_envs=n_envs, seed=rep, env_kwargs=env_kwargs)
+                if task in NORMALIZED:
+                    env = VecNormalize(env)
+                model = make_model(method, task, rep, env)
+                model.learn(n_steps * n_envs)  # warm-up: one rollout and update
+                start = time.perf_counter()
+                model.learn(args.steps, reset_num_timesteps=False)
+                seconds = time.perf_counter() - start
+                done = model.num_timesteps - n_steps * n_envs
+                rows.append({"task": task, "method": method, "repeat": rep, "steps": done, "seconds": seconds,
+                             "seconds_per_100k": seconds / done * 1e5})
+                print(f"{task} {method} rep {rep}: {rows[-1]['seconds_per_100k']:.0f} s / 100k steps", flush=True)
+    lines = ["| task | method | s / 100k steps (median) | ratio to npg-lstm |", "|---|---|---|---|"]
+    for task in args.tasks:
+        medians = {m: statistics.median(r["seconds_per_100k"] for r in rows if r["task"] == task and r["method"] == m)
+                   for m in args.methods}
+        for method, value in medians.items():
+            ratio = f"{value / medians['npg-lstm']:.2f}" if "npg-lstm" in medians else "—"
+            lines.append(f"| {task} | {method} | {value:.0f} | {ratio} |")
+    print("\n".join(lines))
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / "ernn_speed.json").write_text(json.dumps({"command": " ".join(sys.argv), "rows": rows}, indent=1))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     commands = parser.add_subparsers(dest="command", required=True)
@@ -300,6 +423,16 @@ def main() -> None:
     grad.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     grad.add_argument("--horizons", nargs="+", type=int, default=[10, 100, 1000])
     grad.set_defaults(handler=cmd_gradnorm)
+    speed = commands.add_parser("speed")
+    speed.add_argument("--tasks", nargs="+", default=["corridor50", "cartpole_novel"], choices=list(TASKS))
+    speed.add_argument("--methods", nargs="+", default=["npg-ernn", "npg-lstm", "rppo-lstm"], choices=list(METHODS))
+    speed.add_argument("--repeats", type=int, default=3)
+    speed.add_argument("--steps", type=int, default=10_240)
+    speed.set_defaults(handler=cmd_speed)
+    probe = commands.add_parser("probe")
+    probe.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    probe.add_argument("--iterations", type=int, default=1500)
+    probe.set_defaults(handler=cmd_probe)
     args = parser.parse_args()
     args.handler(args)
 
