@@ -12,8 +12,8 @@ from stable_baselines3.common.policies import BasePolicy
 from stable_baselines3.common.type_aliases import GymEnv, Schedule
 
 from agents.meta.base import MetaLearner
-from ngrl import flat_grad, unflatten
 from agents.recurrent.on_policy import actor_module, is_recurrent, whole_rollout
+from ngrl import flat_grad, unflatten
 from ngrl.fisher import actor_parameters, policy_distribution
 
 __all__ = ["FOMAML", "surrogate_loss"]

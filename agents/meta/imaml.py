@@ -12,12 +12,12 @@ from stable_baselines3.common.policies import BasePolicy
 from stable_baselines3.common.type_aliases import GymEnv, Schedule
 
 from agents.meta.fomaml import FOMAML, surrogate_loss
-from ngrl import get_flat_params, set_flat_params
 from agents.recurrent.on_policy import actor_module, is_recurrent, whole_rollout
+from ngrl import get_flat_params, set_flat_params
 from ngrl.fisher import actor_parameters, policy_distribution, policy_fisher
+from ngrl.implicit import hessian_vector_product, implicit_meta_gradient, proximal_shrink
 from ngrl.linearize import module_function
 from ngrl.recurrent import sequence_fisher
-from ngrl.implicit import hessian_vector_product, implicit_meta_gradient, proximal_shrink
 
 __all__ = ["IMAML"]
 
