@@ -382,3 +382,11 @@ def test_npg_ernn_balances_cartpole_without_velocities() -> None:
         eval_env.obs_rms = env.obs_rms
         evals.append(_evaluate_env(model, eval_env, 20))
     assert evals[-1] >= 475, f"eval means every 20k steps: {evals}"
+
+
+def test_per_observation_fisher_of_a_recurrent_policy_is_refused_with_directions() -> None:
+    from ngrl.fisher import policy_fisher
+
+    model = NPG("MlpErnnPolicy", "ngrl/CartPoleNoVel-v1", n_steps=32, sequence_length=16)
+    with pytest.raises(TypeError, match="sequence_fisher"):
+        policy_fisher(model.policy, torch.zeros(4, 2))

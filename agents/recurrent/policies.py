@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, NamedTuple
+from typing import Any, ClassVar, NamedTuple
 
 import numpy as np
 import torch
@@ -53,6 +53,8 @@ class RecurrentActorCriticPolicy(ActorCriticPolicy):
         ``activation``, ``learn_eta``, ``max_recurrent_norm``, ``readout``; LSTM/GRU: ``bias``)
     The other parameters are :class:`~stable_baselines3.common.policies.ActorCriticPolicy`'s.
     """
+
+    recurrent: ClassVar[bool] = True  # outputs depend on the carried state (the backend's per-observation views refuse it)
 
     def __init__(
         self,

@@ -77,6 +77,12 @@ class ActorOutputs(nn.Module):
 
     def __init__(self, policy: ActorCriticPolicy) -> None:
         super().__init__()
+        if getattr(policy, "recurrent", False):
+            raise TypeError(
+                f"{type(policy).__name__} is recurrent: its outputs depend on the state carried along each sequence, "
+                "not on single observations. Take its Fisher over whole sequences with ngrl.recurrent.sequence_fisher "
+                "(the actor as a function of sequences: agents.recurrent.SequenceActor), as NPG does."
+            )
         self.policy = policy
         self.family = policy_distribution(policy)
 
