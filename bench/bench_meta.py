@@ -74,29 +74,36 @@ def _evaluate(model: Any, tasks: list[dict[str, float]], seed: int) -> dict[int,
     return {k: v.tolist() for k, v in model.evaluate_adaptation(tasks, n_updates=UPDATES, seed=seed).items()}
 
 
-def adaptation_run(env_id: str, seed: int, budget: int, n_tasks: int, methods: list[str]) -> dict[str, Any]:
+# --policy ernn: every method (baselines included) with an ERNN policy of this size in place of the MLP
+ERNN_POLICY = {"cell": "ernn", "hidden_size": 64, "net_arch": [64]}
+
+
+def adaptation_run(env_id: str, seed: int, budget: int, n_tasks: int, methods: list[str], policy: str = "mlp") -> dict[str, Any]:
     cfg = FAMILIES[env_id]
-    common = cfg["common"]
+    common = dict(cfg["common"])
+    policy_name = "MlpPolicy"
+    if policy == "ernn":
+        policy_name, common["policy_kwargs"] = "MlpErnnPolicy", dict(ERNN_POLICY)
     tasks = held_out_tasks(env_id, n_tasks, seed=100_000 + seed)
     eval_seed = 200_000 + seed
     out: dict[str, Any] = {"tasks": tasks, "methods": {}}
     for name in methods:
         start = time.perf_counter()
         if name == "imaml_hessian":  # iMAML with the Hessian of the inner surrogate in place of the Fisher
-            model = IMAML("MlpPolicy", env_id, seed=seed, **common, **{**cfg["imaml"], "curvature": "hessian"})
+            model = IMAML(policy_name, env_id, seed=seed, **common, **{**cfg["imaml"], "curvature": "hessian"})
             model.learn(budget)
             steps = model.num_timesteps
         elif name in META:
-            model = META[name]("MlpPolicy", env_id, seed=seed, **common, **cfg[name])
+            model = META[name](policy_name, env_id, seed=seed, **common, **cfg[name])
             model.learn(budget)
             steps = model.num_timesteps
         else:
-            model = Reptile("MlpPolicy", env_id, seed=seed, **common, **cfg["reptile"])  # untrained: an evaluator
+            model = Reptile(policy_name, env_id, seed=seed, **common, **cfg["reptile"])  # untrained: an evaluator
             steps = 0
             if name == "joint":
                 n_envs = common["meta_batch_size"]
                 venv = make_vec_env(env_id, n_envs=n_envs, seed=seed, wrapper_class=TaskResampling)
-                joint = NPG("MlpPolicy", venv, n_steps=common["n_steps"], gamma=common["gamma"], seed=seed,
+                joint = NPG(policy_name, venv, n_steps=common["n_steps"], gamma=common["gamma"], seed=seed,
                             policy_kwargs=common["policy_kwargs"], **common["inner_kwargs"])
                 joint.learn(budget)
                 steps = joint.num_timesteps
@@ -162,6 +169,8 @@ def main() -> None:
                         choices=["reptile", "fomaml", "imaml", "imaml_hessian", "random", "joint"])
     parser.add_argument("--memory-steps", type=int, nargs="+", default=[1, 5, 20])
     parser.add_argument("--memory-n-steps", type=int, default=500)
+    parser.add_argument("--policy", choices=["mlp", "ernn"], default="mlp",
+                        help="policy of every method: the MLP of FAMILIES, or an ERNN policy (ERNN_POLICY)")
     parser.add_argument("--tag", default="", help="suffix of the result files")
     args = parser.parse_args()
     torch.set_num_threads(1)
@@ -169,12 +178,14 @@ def main() -> None:
     meta = {"torch": torch.__version__, "python": platform.python_version(), "machine": platform.machine(),
             "command": " ".join(sys.argv), "threads": 1}
     if args.part in ("adaptation", "both"):
-        results: dict[str, Any] = {**meta, "budget": args.budget, "seeds": args.seeds, "updates": list(UPDATES),
+        results: dict[str, Any] = {**meta, "policy": args.policy, "budget": args.budget, "seeds": args.seeds, "updates": list(UPDATES),
                                    "configs": {f: FAMILIES[f] for f in args.families}, "families": {}}
         for env_id in args.families:
             results["families"][env_id] = {}
             for seed in args.seeds:
-                results["families"][env_id][str(seed)] = adaptation_run(env_id, seed, args.budget, args.n_tasks, args.methods)
+                results["families"][env_id][str(seed)] = adaptation_run(
+                    env_id, seed, args.budget, args.n_tasks, args.methods, args.policy
+                )
                 (RESULTS / f"meta{args.tag}.json").write_text(json.dumps(results, indent=1))
         print("\nAverage return on held-out tasks (mean ± std over seeds of the mean over tasks):")
         print(_table(results))
