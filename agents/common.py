@@ -91,7 +91,14 @@ class CheckpointMixin:
 
 
 def critic_parameters(policy: ActorCriticPolicy) -> list[nn.Parameter]:
-    """The value function's own parameters (critic features extractor if not shared, value MLP, value head)."""
+    """The value function's own parameters (critic features extractor if not shared, value MLP, value head).
+
+    A policy with modules of its own in the critic's path (a recurrent core) declares them by a
+    ``critic_parameters()`` method, which is used instead.
+    """
+    own = getattr(policy, "critic_parameters", None)
+    if callable(own):
+        return list(own())
     modules: list[nn.Module] = [policy.mlp_extractor.value_net, policy.value_net]
     if not policy.share_features_extractor:
         modules.insert(0, policy.vf_features_extractor)

@@ -139,10 +139,9 @@ class ERNNCell(nn.Module):
         z = h + h_prev
         return self._phi(z @ self.recurrent_weight().T + self.input_projection(x)) - self.gamma * z
 
-    def iteration_weights(self, recurrent_weight: Tensor) -> tuple[Tensor, Tensor | None]:
-        """(Uᵀ, (ηU)ᵀ or None): what :meth:`step` multiplies by, computed once per sequence."""
-        weight_t = recurrent_weight.T
-        return weight_t, (weight_t * self._eta_values[0] if self._rescaled else None)
+    def scaled_weight_t(self, recurrent_weight: Tensor) -> Tensor | None:
+        """(ηU)ᵀ for the rescaled iteration of :meth:`step` (None where it does not apply), once per sequence."""
+        return recurrent_weight.T * self._eta_values[0] if self._rescaled else None
 
     def step(self, drive: Tensor, h_prev: Tensor, recurrent_weight: Tensor, scaled_weight_t: Tensor | None = None) -> Tensor:
         """K Euler steps h⁽ⁱ⁺¹⁾ = h⁽ⁱ⁾ + ηᵢ f(h⁽ⁱ⁾) from h⁽⁰⁾ = 0, given drive = W x + b and U.
@@ -150,12 +149,12 @@ class ERNNCell(nn.Module):
         Iterated on z = h + h_prev (h_prev is fixed within the step): z⁽⁰⁾ = h_prev,
         z⁽ⁱ⁺¹⁾ = (1 − ηᵢγ) z⁽ⁱ⁾ + ηᵢ φ(U z⁽ⁱ⁾ + W x + b), and h = z⁽ᴷ⁾ − h_prev. With ηγ = 1 and a fixed η
         the iterates after the first are z⁽ⁱ⁾ = η y⁽ⁱ⁾, y⁽ⁱ⁺¹⁾ = φ((ηU) y⁽ⁱ⁾ + W x + b): two operations per
-        iteration instead of three (``scaled_weight_t`` = (ηU)ᵀ, from :meth:`iteration_weights`).
+        iteration instead of three (``scaled_weight_t`` = (ηU)ᵀ, from :meth:`scaled_weight_t`).
         """
         weight_t = recurrent_weight.T
         if self._rescaled:
             if scaled_weight_t is None:
-                scaled_weight_t = weight_t * self._eta_values[0]
+                scaled_weight_t = self.scaled_weight_t(recurrent_weight)
             y = self._phi(torch.addmm(drive, h_prev, weight_t))  # y⁽¹⁾ = z⁽¹⁾/η
             for _ in range(self.num_iters - 1):
                 y = self._phi(torch.addmm(drive, y, scaled_weight_t))
@@ -214,7 +213,7 @@ class ERNN(nn.Module):
         if episode_starts is not None and episode_starts.shape != (batch, steps):
             raise ValueError(f"episode_starts must have shape ({batch}, {steps}), got {tuple(episode_starts.shape)}")
         weight = self.cell.recurrent_weight()  # once per sequence
-        _, scaled_weight_t = self.cell.iteration_weights(weight)
+        scaled_weight_t = self.cell.scaled_weight_t(weight)
         drives = self.cell.input_projection(x)  # W xₜ + b for every t at once
         keep = None if episode_starts is None else (1.0 - episode_starts.to(x.dtype)).unsqueeze(-1)
         outputs = []

@@ -70,13 +70,10 @@ class RecurrentOnPolicyMixin:
                 raise ValueError("a recurrent policy needs a RecurrentRolloutBuffer (leave rollout_buffer_class unset)")
         super()._setup_model()  # type: ignore[misc]
         self._actor = actor_module(self.policy)
+        self._actor_params = actor_parameters(self.policy)
+        self._critic_params = critic_parameters(self.policy)
         if self._recurrent:
-            self._actor_params = self.policy.actor_parameters()
-            self._critic_params = self.policy.critic_parameters()
             self._last_rnn_state = self.policy.initial_state(self.n_envs)
-        else:
-            self._actor_params = actor_parameters(self.policy)
-            self._critic_params = critic_parameters(self.policy)
 
     def _excluded_save_params(self) -> list[str]:
         return [*super()._excluded_save_params(), "_actor", "_actor_params", "_critic_params", "_last_rnn_state"]  # type: ignore[misc]
