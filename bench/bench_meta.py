@@ -7,6 +7,9 @@ episode: multi-task training, no meta-learning). Every policy is then adapted to
 held-out tasks by the same inner procedure (the meta-learners by their own, iMAML's including its
 proximal step; the baselines by the plain NPG inner loop of Reptile/FOMAML) and its average return
 is measured before adaptation and after 1 and 3 inner updates (a rollout batch of the adapted policy).
+Variants (``VARIANTS``) rerun a method with changed settings: iMAML with the Hessian curvature, and
+FOMAML / iMAML with the natural meta-step (δ chosen on seeds 10–12 by ``--seeds 10 11 12 --set
+fomaml.meta_step=natural fomaml.meta_target_kl=...``; the reported seeds are not used to choose settings).
 
 Part 2 (``memory``). Peak bytes held by autograd graphs (``SavedTensorMeter``: the distinct storages
 saved for backward) during one meta-gradient with k = 1, 5, 20 inner steps: iMAML (an agent
@@ -16,6 +19,7 @@ backpropagation through the same k policy-gradient steps.
     python bench/bench_meta.py                      # both parts, defaults below
     python bench/bench_meta.py --part memory
     python bench/bench_meta.py --budget 60000 --seeds 0 1 2 --families ngrl/Navigation2D-v0
+    python bench/bench_meta.py --part adaptation --families ngrl/HalfCheetahVel-v0 --budget 1000000   # MuJoCo
 
 Writes bench/results/meta.json (adaptation) and bench/results/meta_memory.json.
 """
@@ -30,8 +34,10 @@ import sys
 import time
 from typing import Any
 
+import gymnasium as gym
 import numpy as np
 import torch
+import yaml
 from stable_baselines3.common.env_util import make_vec_env
 from stable_baselines3.common.utils import set_random_seed
 
@@ -49,17 +55,29 @@ RESULTS = pathlib.Path(__file__).resolve().parent / "results"
 UPDATES = (0, 1, 3)
 
 # One configuration per family; the inner loop (NPG, its trust region, the rollout size) is shared
-# by every method, baselines included.
+# by every method, baselines included. meta_target_kl (δ of the natural meta-step, used by the
+# *_natural variants) was chosen on seeds 10–12 from 0.01, 0.03, 0.1, 0.2: the best mean return after
+# one update (results/meta_tune_*.json); HalfCheetahVel keeps the default.
 FAMILIES: dict[str, dict[str, Any]] = {
     "ngrl/Navigation2D-v0": {
         "common": {"policy_kwargs": {"net_arch": [64, 64]}, "meta_batch_size": 10, "n_steps": 400, "gamma": 0.99,
                    "inner_algo": "npg", "inner_kwargs": {"target_kl": 0.1, "n_critic_updates": 5}},
         "reptile": {"learning_rate": 0.5, "inner_updates": 3},
-        "fomaml": {"learning_rate": 3e-3, "inner_updates": 1},
-        "imaml": {"learning_rate": 3e-3, "inner_updates": 1, "lam": 1.0, "proximal_step": 0.1, "curvature": "fisher"},
+        "fomaml": {"learning_rate": 3e-3, "inner_updates": 1, "meta_target_kl": 0.01},
+        "imaml": {"learning_rate": 3e-3, "inner_updates": 1, "lam": 1.0, "proximal_step": 0.1, "curvature": "fisher",
+                  "meta_target_kl": 0.01},
     },
     "ngrl/CartPoleDynamics-v0": {
         "common": {"policy_kwargs": {"net_arch": [64, 64]}, "meta_batch_size": 5, "n_steps": 500, "gamma": 0.99,
+                   "inner_algo": "npg", "inner_kwargs": {"target_kl": 0.05, "n_critic_updates": 5}},
+        "reptile": {"learning_rate": 0.5, "inner_updates": 3},
+        "fomaml": {"learning_rate": 1e-2, "inner_updates": 1, "meta_target_kl": 0.1},
+        "imaml": {"learning_rate": 1e-2, "inner_updates": 1, "lam": 1.0, "proximal_step": 0.1, "curvature": "fisher",
+                  "meta_target_kl": 0.2},
+    },
+    # needs MuJoCo (gymnasium[mujoco]); two 200-step episodes per task and rollout
+    "ngrl/HalfCheetahVel-v0": {
+        "common": {"policy_kwargs": {"net_arch": [64, 64]}, "meta_batch_size": 10, "n_steps": 400, "gamma": 0.99,
                    "inner_algo": "npg", "inner_kwargs": {"target_kl": 0.05, "n_critic_updates": 5}},
         "reptile": {"learning_rate": 0.5, "inner_updates": 3},
         "fomaml": {"learning_rate": 1e-2, "inner_updates": 1},
@@ -67,6 +85,12 @@ FAMILIES: dict[str, dict[str, Any]] = {
     },
 }
 META = {"reptile": Reptile, "fomaml": FOMAML, "imaml": IMAML}
+# variants of a method: its family settings with these changes
+VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
+    "imaml_hessian": ("imaml", {"curvature": "hessian"}),  # the Hessian of the inner surrogate in place of the Fisher
+    "fomaml_natural": ("fomaml", {"meta_step": "natural"}),  # the trust-region natural meta-step (δ: meta_target_kl)
+    "imaml_natural": ("imaml", {"meta_step": "natural"}),
+}
 
 
 def _evaluate(model: Any, tasks: list[dict[str, float]], seed: int) -> dict[int, list[float]]:
@@ -89,8 +113,9 @@ def adaptation_run(env_id: str, seed: int, budget: int, n_tasks: int, methods: l
     out: dict[str, Any] = {"tasks": tasks, "methods": {}}
     for name in methods:
         start = time.perf_counter()
-        if name == "imaml_hessian":  # iMAML with the Hessian of the inner surrogate in place of the Fisher
-            model = IMAML(policy_name, env_id, seed=seed, **common, **{**cfg["imaml"], "curvature": "hessian"})
+        if name in VARIANTS:
+            base, changes = VARIANTS[name]
+            model = META[base](policy_name, env_id, seed=seed, **common, **{**cfg[base], **changes})
             model.learn(budget)
             steps = model.num_timesteps
         elif name in META:
@@ -161,18 +186,28 @@ def _table(results: dict[str, Any]) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--part", choices=["adaptation", "memory", "both"], default="both")
-    parser.add_argument("--families", nargs="+", default=list(FAMILIES))
+    parser.add_argument("--families", nargs="+", default=[f for f in FAMILIES if f in gym.registry],
+                        help="default: every family of FAMILIES that is registered (HalfCheetahVel only with MuJoCo)")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--budget", type=int, default=100_000, help="environment steps per method (all tasks, all rollouts)")
     parser.add_argument("--n-tasks", type=int, default=20)
     parser.add_argument("--methods", nargs="+", default=["reptile", "fomaml", "imaml", "random", "joint"],
-                        choices=["reptile", "fomaml", "imaml", "imaml_hessian", "random", "joint"])
+                        choices=[*META, *VARIANTS, "random", "joint"])
     parser.add_argument("--memory-steps", type=int, nargs="+", default=[1, 5, 20])
     parser.add_argument("--memory-n-steps", type=int, default=500)
     parser.add_argument("--policy", choices=["mlp", "ernn"], default="mlp",
                         help="policy of every method: the MLP of FAMILIES, or an ERNN policy (ERNN_POLICY)")
+    parser.add_argument("--set", nargs="+", default=[], metavar="METHOD.KEY=VALUE",
+                        help="override a method's setting in every family, e.g. fomaml.meta_step=natural (VALUE is parsed as YAML)")
     parser.add_argument("--tag", default="", help="suffix of the result files")
     args = parser.parse_args()
+    for item in args.set:
+        key, _, value = item.partition("=")
+        method, _, name = key.partition(".")
+        if not value or not name or method not in ("common", *META):
+            parser.error(f"--set takes METHOD.KEY=VALUE with METHOD one of common, {', '.join(META)}; got {item!r}")
+        for family in FAMILIES.values():
+            family[method][name] = yaml.safe_load(value)
     torch.set_num_threads(1)
     RESULTS.mkdir(parents=True, exist_ok=True)
     meta = {"torch": torch.__version__, "python": platform.python_version(), "machine": platform.machine(),

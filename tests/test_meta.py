@@ -88,6 +88,41 @@ def test_fomaml_update_formula(env_id):
     assert gradients.norm() > 1e-3
 
 
+@pytest.mark.parametrize("cls", [FOMAML, IMAML])
+def test_natural_meta_step_is_the_trust_region_natural_gradient(cls, monkeypatch):
+    """meta_step="natural": θ ← θ − f·α·d with d = (meanᵢ Fᵢ + λI)⁻¹ meanᵢ gᵢ (Fᵢ the Fisher of φᵢ on its test
+    rollout, by a dense autograd Hessian of the KL), α = sqrt(2δ / dᵀ(F + λI)d) and f a power of the line search's 0.8."""
+    delta, damping = 0.01, 0.1
+    model = cls("MlpPolicy", NAV, inner_algo="vpg", inner_updates=1, meta_step="natural", meta_target_kl=delta,
+                meta_cg_max_steps=200, meta_cg_damping=damping, **TINY)
+    captured = {}
+    original = cls._natural_meta_step
+
+    def spy(self, learners, rollouts, meta_gradient):
+        captured.update(rollouts=list(rollouts), gradient=meta_gradient.clone())
+        captured["logs"] = original(self, learners, rollouts, meta_gradient)
+        return captured["logs"]
+
+    monkeypatch.setattr(cls, "_natural_meta_step", spy)
+    theta, _ = _split(model)
+    model.learn(2 * 2 * 32)
+    learners, gradient = model._learners, captured["gradient"].double()
+    if cls is FOMAML:  # its meta-gradient is the mean test gradient at the adapted points
+        reference = torch.stack([_independent_policy_gradient(learner) for learner in learners]).mean(0)
+        torch.testing.assert_close(gradient, reference.double(), rtol=0, atol=1e-6)
+    fisher = torch.stack([_dense_inner_curvature(l, r, "fisher") for l, r in zip(learners, captured["rollouts"])]).mean(0)
+    fisher = fisher + damping * torch.eye(fisher.shape[0], dtype=torch.float64)
+    direction = torch.linalg.solve(fisher, gradient)
+    full_step = float(torch.sqrt(2 * delta / (direction @ fisher @ direction)))
+    step = captured["logs"]["natural_step_size"]
+    assert step > 0, "the line search accepted no step"
+    fraction = step / full_step
+    assert min(abs(fraction - 0.8**k) for k in range(10)) < 1e-3, fraction
+    new, _ = _split(model)
+    torch.testing.assert_close(new.double(), theta.double() - step * direction, rtol=0, atol=1e-5)
+    assert captured["logs"]["natural_kl"] <= delta
+
+
 def _dense_inner_curvature(learner, batch, curvature):
     """C at φ as a dense matrix by torch.autograd.functional.hessian (no ngrl operator involved)."""
     policy = learner.policy
@@ -331,6 +366,10 @@ def test_bad_input_is_explained():
         FOMAML("MlpPolicy", NAV, inner_kwargs={"n_steps": 10}, **TINY)
     with pytest.raises(ValueError, match="lam"):
         IMAML("MlpPolicy", NAV, lam=0.0, **TINY)
+    with pytest.raises(ValueError, match="meta_step must be one of"):
+        FOMAML("MlpPolicy", NAV, meta_step="adam", **TINY)
+    with pytest.raises(ValueError, match="meta_target_kl"):
+        IMAML("MlpPolicy", NAV, meta_step="natural", meta_target_kl=0.0, **TINY)
     model = Reptile("MlpPolicy", NAV, **TINY)
     with pytest.raises(ValueError, match="at least one task"):
         model.evaluate_adaptation([])
@@ -368,6 +407,28 @@ def test_cli_meta_train_and_adapt(tmp_path):
     assert "MlpErnnPolicy" in (model.parent / "config.yml").read_text()
     out = run("adapt", "--model", str(model), "--n-tasks", "2", "--n-updates", "0", "1")
     assert out.returncode == 0 and "| 1 |" in out.stdout, out.stderr
+
+
+def test_meta_configs_are_the_benchmark_settings():
+    """configs/{reptile,fomaml,imaml}.yml hold bench/bench_meta.py's settings, so the CLI trains what was measured."""
+    import inspect
+
+    import yaml
+
+    root = pathlib.Path(__file__).resolve().parents[1]
+    spec = importlib.util.spec_from_file_location("bench_meta", root / "bench" / "bench_meta.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    for name, cls in bench.META.items():
+        blocks = yaml.safe_load((root / "configs" / f"{name}.yml").read_text())
+        defaults = {k: p.default for c in cls.__mro__ if "__init__" in vars(c) for k, p in inspect.signature(c.__init__).parameters.items()}
+        for env_id, settings in bench.FAMILIES.items():
+            expected = {**settings["common"], **settings[name]}
+            block = {k: v for k, v in blocks[env_id].items() if k not in ("n_timesteps", "policy")}
+            for key, value in expected.items():
+                assert block.get(key, defaults.get(key)) == value, (name, env_id, key)
+            for key in set(block) - set(expected):  # a config may spell out a default
+                assert block[key] == defaults[key], (name, env_id, key)
 
 
 def test_cli_errors_exit_2(tmp_path, capsys):
@@ -439,7 +500,8 @@ def test_task_rollouts_store_the_states_a_recurrent_policy_ran_with(cell):
         torch.testing.assert_close(values.detach().flatten(), rollout.old_values, rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize("cls,kwargs", [(Reptile, {}), (FOMAML, {}), (IMAML, {"curvature": "fisher"}), (IMAML, {"curvature": "hessian"}), (Reptile, {"inner_algo": "vpg"})])
+@pytest.mark.parametrize("cls,kwargs", [(Reptile, {}), (FOMAML, {}), (IMAML, {"curvature": "fisher"}), (IMAML, {"curvature": "hessian"}),
+                                        (Reptile, {"inner_algo": "vpg"}), (FOMAML, {"meta_step": "natural"})])
 def test_meta_learners_with_an_ernn_policy(cls, kwargs, tmp_path):
     """ERNN inner policies: meta-training moves θ (the recurrent cell included), adapt leaves θ alone and
     returns an agent whose predict carries the state, save/load keeps predictions."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+import numpy as np
 import torch
 from gymnasium import spaces
 from stable_baselines3.common.on_policy_algorithm import OnPolicyAlgorithm
@@ -13,10 +14,15 @@ from stable_baselines3.common.type_aliases import GymEnv, Schedule
 
 from agents.meta.base import MetaLearner
 from agents.recurrent.on_policy import actor_module, is_recurrent, whole_rollout
-from ngrl import flat_grad, unflatten
-from ngrl.fisher import actor_parameters, policy_distribution
+from ngrl import conjugate_gradient, flat_grad, get_flat_params, set_flat_params, unflatten
+from ngrl.fisher import CurvatureOperator, actor_parameters, policy_distribution, policy_fisher
+from ngrl.linearize import module_function
+from ngrl.recurrent import sequence_fisher
+from ngrl.trust_region import backtracking_line_search, kl_step_size
 
-__all__ = ["FOMAML", "surrogate_loss"]
+__all__ = ["FOMAML", "META_STEPS", "rollout_fisher", "surrogate_loss"]
+
+META_STEPS = ("optimizer", "natural")
 
 
 def surrogate_loss(learner: OnPolicyAlgorithm, rollout: Any) -> torch.Tensor:
@@ -35,6 +41,19 @@ def surrogate_loss(learner: OnPolicyAlgorithm, rollout: Any) -> torch.Tensor:
     return -(torch.exp(log_prob - rollout.old_log_prob) * advantages).mean()
 
 
+def rollout_fisher(policy: BasePolicy, rollout: Any, damping: float = 0.0) -> CurvatureOperator:
+    """The exact Fisher of ``policy``'s actor on a whole rollout (:func:`~agents.recurrent.on_policy.whole_rollout`).
+
+    F = (1/n) Σᵢ Jᵢᵀ H(zᵢ) Jᵢ over the rollout's states; for a recurrent policy Jᵢ runs through the
+    unrolled recurrence from each sequence's stored start state.
+    """
+    params = actor_parameters(policy)
+    family = policy_distribution(policy)
+    if is_recurrent(policy):
+        return sequence_fisher(module_function(actor_module(policy), params), params, rollout, family, damping=damping)
+    return policy_fisher(policy, rollout.observations, estimator="exact", damping=damping)
+
+
 class FOMAML(MetaLearner):
     """
     First-order MAML (Finn, Abbeel & Levine 2017, "Model-Agnostic Meta-Learning for Fast Adaptation of
@@ -44,6 +63,14 @@ class FOMAML(MetaLearner):
     optimizer (Adam by default, β = ``learning_rate``). L_test is the policy-gradient surrogate
     −mean(π_φ/π_old · Â) on the adapted policy's rollouts.
 
+    With ``meta_step="natural"`` the outer step is a natural-gradient step in a KL trust region, as
+    MAML-RL's TRPO outer loop (Finn et al. 2017, section 5.3) taken to first order: with
+    F = meanᵢ F(φᵢ), the Fisher of the adapted policies on their test rollouts (∂φᵢ/∂θ ≈ I),
+    d = (F + λI)⁻¹ meanᵢ gᵢ by conjugate gradient and θ ← θ − α d with α = sqrt(2δ / dᵀ(F + λI)d),
+    δ = ``meta_target_kl``, shrunk by TRPO's backtracking line search until the mean KL of the
+    shifted adapted policies φᵢ − αd is at most δ and their mean test surrogate improves.
+    ``learning_rate`` is then unused.
+
     :param policy: the policy model ("MlpPolicy", ... or a class)
     :param env: a task family (env id, or VecEnv with one sub-env per task)
     :param learning_rate: β, the meta optimizer's learning rate (constant or schedule)
@@ -51,8 +78,12 @@ class FOMAML(MetaLearner):
     :param inner_updates: k, inner updates per task
     :param meta_batch_size: tasks per meta-iteration
     :param n_steps: transitions per task per rollout
-    :param meta_optimizer_class: the torch optimizer of the meta-parameters (actor)
+    :param meta_optimizer_class: the torch optimizer of the meta-parameters (actor), for ``meta_step="optimizer"``
     :param meta_optimizer_kwargs: its keyword arguments
+    :param meta_step: "optimizer" (the meta optimizer's step) or "natural" (the trust-region natural step)
+    :param meta_target_kl: δ, the trust region of the natural meta-step (mean KL in nats)
+    :param meta_cg_max_steps: CG iterations of the natural meta-step's solve
+    :param meta_cg_damping: λ added to the Fisher of the natural meta-step
     :param kwargs: the other arguments of :class:`agents.meta.base.MetaLearner`
     """
 
@@ -67,9 +98,25 @@ class FOMAML(MetaLearner):
         n_steps: int = 500,
         meta_optimizer_class: type[torch.optim.Optimizer] = torch.optim.Adam,
         meta_optimizer_kwargs: dict[str, Any] | None = None,
+        meta_step: str = "optimizer",
+        meta_target_kl: float = 0.01,
+        meta_cg_max_steps: int = 10,
+        meta_cg_damping: float = 0.1,
         _init_setup_model: bool = True,
         **kwargs: Any,
     ):
+        if meta_step not in META_STEPS:
+            raise ValueError(f"meta_step must be one of {META_STEPS}, got {meta_step!r}")
+        if not meta_target_kl > 0:
+            raise ValueError(f"meta_target_kl must be positive, got {meta_target_kl}")
+        if meta_cg_max_steps < 1:
+            raise ValueError(f"meta_cg_max_steps must be >= 1, got {meta_cg_max_steps}")
+        if meta_cg_damping < 0:
+            raise ValueError(f"meta_cg_damping must be >= 0, got {meta_cg_damping}")
+        self.meta_step = meta_step
+        self.meta_target_kl = meta_target_kl
+        self.meta_cg_max_steps = meta_cg_max_steps
+        self.meta_cg_damping = meta_cg_damping
         self.meta_optimizer_class = meta_optimizer_class
         self.meta_optimizer_kwargs = dict(meta_optimizer_kwargs or {})
         super().__init__(
@@ -92,16 +139,68 @@ class FOMAML(MetaLearner):
         return test_gradient
 
     def _outer_update(self, learners: Sequence[OnPolicyAlgorithm]) -> dict[str, float]:
-        gradients = []
+        gradients, rollouts = [], []
         for learner in learners:
             rollout, _ = whole_rollout(learner.rollout_buffer)  # fresh rollouts of φᵢ
             test_gradient = flat_grad(surrogate_loss(learner, rollout), actor_parameters(learner.policy))
             gradients.append(self._task_meta_gradient(learner, test_gradient))
+            rollouts.append(rollout)
         meta_gradient = torch.stack(gradients).mean(0)  # meanᵢ gᵢ
+        self.last_meta_gradient_ = meta_gradient
+        logs = {"meta_gradient_norm": float(meta_gradient.norm())}
+        if self.meta_step == "natural":
+            logs.update(self._natural_meta_step(learners, rollouts, meta_gradient))
+            return logs
         self._update_learning_rate(self.meta_optimizer)
         self.meta_optimizer.zero_grad(set_to_none=True)
         for p, g in zip(self._actor_params, unflatten(meta_gradient, self._actor_params)):
             p.grad = g.clone()
         self.meta_optimizer.step()
-        self.last_meta_gradient_ = meta_gradient
-        return {"meta_gradient_norm": float(meta_gradient.norm())}
+        return logs
+
+    def _natural_meta_step(
+        self, learners: Sequence[OnPolicyAlgorithm], rollouts: Sequence[Any], meta_gradient: torch.Tensor
+    ) -> dict[str, float]:
+        """θ ← θ − α d, d = (meanᵢ F(φᵢ) + λI)⁻¹ g, α from the KL trust region and a backtracking line search."""
+        fishers = [rollout_fisher(learner.policy, rollout) for learner, rollout in zip(learners, rollouts)]
+
+        def fisher_mv(v: torch.Tensor) -> torch.Tensor:
+            return torch.stack([f.mv(v) for f in fishers]).mean(0) + self.meta_cg_damping * v
+
+        result = conjugate_gradient(fisher_mv, meta_gradient, max_iter=self.meta_cg_max_steps, tol=1e-10)
+        result.raise_if_not_positive_definite()
+        direction = result.x
+        step_size = kl_step_size(float(torch.dot(direction, fisher_mv(direction))), self.meta_target_kl)
+
+        # TRPO's line search on the first-order model: every adapted policy moves with θ.
+        params = [actor_parameters(learner.policy) for learner in learners]
+        adapted = [get_flat_params(p) for p in params]
+        families = [policy_distribution(learner.policy) for learner in learners]
+        with torch.no_grad():
+            inputs = [rollout if is_recurrent(learner.policy) else rollout.observations for learner, rollout in zip(learners, rollouts)]
+            old_outputs = [actor_module(learner.policy)(x) for learner, x in zip(learners, inputs)]
+            baseline = float(np.mean([surrogate_loss(learner, r).item() for learner, r in zip(learners, rollouts)]))
+
+        @torch.no_grad()
+        def evaluate(fraction: float) -> tuple[float, float]:
+            losses, kls = [], []
+            for learner, rollout, p, phi, x, old, family in zip(learners, rollouts, params, adapted, inputs, old_outputs, families):
+                set_flat_params(p, phi - fraction * step_size * direction)
+                losses.append(surrogate_loss(learner, rollout).item())
+                kls.append(family.kl(old, actor_module(learner.policy)(x)).mean().item())
+            return -float(np.mean(losses)), float(np.mean(kls))
+
+        try:
+            search = backtracking_line_search(evaluate, baseline_objective=-baseline, max_kl=self.meta_target_kl)
+        finally:
+            for p, phi in zip(params, adapted):
+                set_flat_params(p, phi)
+        if search.success:
+            theta = get_flat_params(self._actor_params)
+            set_flat_params(self._actor_params, theta - search.fraction * step_size * direction)
+        return {
+            "natural_kl": search.kl,
+            "natural_step_size": search.fraction * step_size,
+            "natural_cg_iterations": float(result.iterations),
+            "natural_line_search_steps": float(search.steps),
+        }

@@ -11,13 +11,11 @@ from stable_baselines3.common.on_policy_algorithm import OnPolicyAlgorithm
 from stable_baselines3.common.policies import BasePolicy
 from stable_baselines3.common.type_aliases import GymEnv, Schedule
 
-from agents.meta.fomaml import FOMAML, surrogate_loss
-from agents.recurrent.on_policy import actor_module, is_recurrent, whole_rollout
+from agents.meta.fomaml import FOMAML, rollout_fisher, surrogate_loss
+from agents.recurrent.on_policy import whole_rollout
 from ngrl import get_flat_params, set_flat_params
-from ngrl.fisher import actor_parameters, policy_distribution, policy_fisher
+from ngrl.fisher import actor_parameters
 from ngrl.implicit import hessian_vector_product, implicit_meta_gradient, proximal_shrink
-from ngrl.linearize import module_function
-from ngrl.recurrent import sequence_fisher
 
 __all__ = ["IMAML"]
 
@@ -37,7 +35,8 @@ class IMAML(FOMAML):
     indefinite in RL), or ``"fisher"``, the policy's Fisher (PSD: the system is always well posed).
     Nothing of the inner path is stored, so memory does not grow with ``inner_updates``. If CG meets
     negative curvature, the solution built so far is used (the test gradient itself if none) and
-    ``meta/implicit_not_pd`` counts it. θ ← θ − β · meanᵢ gᵢ through the meta optimizer.
+    ``meta/implicit_not_pd`` counts it. θ ← θ − β · meanᵢ gᵢ through the meta optimizer, or by the
+    trust-region natural step along meanᵢ gᵢ with ``meta_step="natural"`` (see :class:`FOMAML`).
 
     :param policy: the policy model ("MlpPolicy", ... or a class)
     :param env: a task family (env id, or VecEnv with one sub-env per task)
@@ -112,10 +111,7 @@ class IMAML(FOMAML):
         params = actor_parameters(learner.policy)
         if self.curvature == "hessian":
             return hessian_vector_product(surrogate_loss(learner, batch), params)
-        if is_recurrent(learner.policy):  # through the unrolled recurrence, from each sequence's stored state
-            actor = actor_module(learner.policy)
-            return sequence_fisher(module_function(actor, params), params, batch, policy_distribution(learner.policy)).mv
-        return policy_fisher(learner.policy, batch.observations, estimator="exact").mv
+        return rollout_fisher(learner.policy, batch).mv  # recurrent: through the unrolled recurrence
 
     def _task_meta_gradient(self, learner: OnPolicyAlgorithm, test_gradient: torch.Tensor) -> torch.Tensor:
         """gᵢ = (I + C/λ)⁻¹ ∇L_test(φᵢ) by conjugate gradient (eq. 7 of the paper)."""
