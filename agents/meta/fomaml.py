@@ -175,7 +175,7 @@ class FOMAML(MetaLearner):
         # TRPO's line search on the first-order model: every adapted policy moves with θ.
         params = [actor_parameters(learner.policy) for learner in learners]
         adapted = [get_flat_params(p) for p in params]
-        families = [policy_distribution(learner.policy) for learner in learners]
+        family = policy_distribution(self.policy)  # one architecture for θ and every φᵢ
         with torch.no_grad():
             inputs = [rollout if is_recurrent(learner.policy) else rollout.observations for learner, rollout in zip(learners, rollouts)]
             old_outputs = [actor_module(learner.policy)(x) for learner, x in zip(learners, inputs)]
@@ -184,7 +184,7 @@ class FOMAML(MetaLearner):
         @torch.no_grad()
         def evaluate(fraction: float) -> tuple[float, float]:
             losses, kls = [], []
-            for learner, rollout, p, phi, x, old, family in zip(learners, rollouts, params, adapted, inputs, old_outputs, families):
+            for learner, rollout, p, phi, x, old in zip(learners, rollouts, params, adapted, inputs, old_outputs):
                 set_flat_params(p, phi - fraction * step_size * direction)
                 losses.append(surrogate_loss(learner, rollout).item())
                 kls.append(family.kl(old, actor_module(learner.policy)(x)).mean().item())
