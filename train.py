@@ -1,11 +1,17 @@
-"""ngrl's command line: train an agent, evaluate a checkpoint.
+"""ngrl's command line: train an agent, evaluate a checkpoint, meta-train, adapt.
 
     python train.py train --algo npg --env CartPole-v1 --seed 0
-    python train.py eval --algo npg --env CartPole-v1 --model logs/npg/CartPole-v1_1/CartPole-v1.zip
+    python train.py eval --algo npg --env CartPole-v1 --model logs/npg/CartPole-v1_0_1/CartPole-v1.zip
+    python train.py meta-train --algo imaml --env ngrl/Navigation2D-v0 --seed 0
+    python train.py adapt --model logs/imaml/ngrl-Navigation2D-v0_0_1/ngrl-Navigation2D-v0.zip --n-updates 0 1 3
 
-Hyper-parameters come from ``configs/<algo>.yml`` (rl-baselines3-zoo format: a block per env id and
-a ``default:`` block) and can be overridden with ``--hyperparams key=value``. Bad input (unknown env
-or algorithm, unsupported action space, bad checkpoint) ends with a one-paragraph error and exit code 2.
+This module is also the configuration and run layer that the benchmarks import: hyper-parameters
+come from ``configs/<algo>.yml`` (rl-baselines3-zoo format: a block per env id and a ``default:``
+block), overridden by ``--hyperparams key=value``; values are read as data, never evaluated.
+
+Bad input ends with a one-paragraph message and exit code 2, before any environment is built where
+it can be told in advance. Ctrl-C (SIGINT) or SIGTERM during training saves a checkpoint and exits
+130 / 143; ``--trained-agent`` continues from it.
 """
 
 from __future__ import annotations
@@ -15,36 +21,27 @@ import ast
 import difflib
 import importlib
 import inspect
+import json
 import os
 import pathlib
-import pickle
 import shlex
+import signal
 import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
-import gymnasium as gym
-import torch
 import yaml
-from stable_baselines3.common.env_util import make_vec_env
-from stable_baselines3.common.evaluation import evaluate_policy
-from stable_baselines3.common.vec_env import VecEnv, VecNormalize
-
-import envs  # noqa: F401  (registers the ngrl/ environment ids)
-from agents import ALGOS, CheckpointError
-from agents.meta.cli import add_meta_subcommands
 
 CONFIG_DIR = pathlib.Path(__file__).resolve().parent / "configs"
-RUN_KEYS = ("n_timesteps", "n_envs", "policy", "normalize", "env_wrapper", "frame_stack")
-ACTIVATIONS = {
-    "tanh": torch.nn.Tanh,
-    "relu": torch.nn.ReLU,
-    "elu": torch.nn.ELU,
-    "leaky_relu": torch.nn.LeakyReLU,
-    "sigmoid": torch.nn.Sigmoid,
-    "gelu": torch.nn.GELU,
-    "silu": torch.nn.SiLU,
-}
+# Names known without importing torch (so that --help answers at once); tests check them against the registries.
+ALGO_NAMES = ("npg", "ngdqn")
+META_ALGO_NAMES = ("reptile", "fomaml", "imaml")
+RUN_KEYS = ("n_timesteps", "n_envs", "policy", "normalize", "env_kwargs", "seed")
+META_RUN_KEYS = ("n_timesteps", "policy", "env_kwargs", "seed")
+CLI_MANAGED = {"self", "policy", "env", "kwargs", "_init_setup_model", "device", "verbose", "tensorboard_log", "seed", "env_kwargs"}
+ACTIVATIONS = ("Tanh", "ReLU", "ELU", "LeakyReLU", "Sigmoid", "GELU", "SiLU", "Softplus", "Mish", "SELU", "CELU")
+KEEP_CHECKPOINTS = 3
+EXIT_SIGNAL = {signal.SIGINT: 130, signal.SIGTERM: 143}
 
 
 class UsageError(Exception):
@@ -79,93 +76,203 @@ def parse_value(text: str) -> Any:
     """Read a command-line value as data (never with eval): numbers, booleans, lists, dicts, else a string."""
     try:
         return _literal(ast.parse(text.strip(), mode="eval").body)
-    except (SyntaxError, ValueError):
+    except (SyntaxError, ValueError, TypeError, RecursionError):
         return text
+
+
+def _structured(key: str, value: Any) -> Any:
+    """A value that must be data (a dict or list) given as text: parse it, or say where the text is broken."""
+    if not isinstance(value, str):
+        return value
+    try:
+        return _literal(ast.parse(value.strip(), mode="eval").body)
+    except (SyntaxError, ValueError, TypeError, RecursionError) as error:
+        raise UsageError(f"{key}={value!r} is not a valid value ({error}); write e.g. {key}=\"dict(net_arch=[64, 64])\"") from error
 
 
 def parse_key_values(pairs: Sequence[str] | None, what: str) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for pair in pairs or []:
         key, sep, value = pair.partition("=")
-        if not sep or not key:
+        if not sep or not key.strip():
             raise UsageError(f"{what} must be given as key=value, got {pair!r}")
         out[key.strip()] = parse_value(value)
     return out
 
 
-def _activation(value: Any) -> Any:
-    if isinstance(value, str):
-        key = value.lower().replace("nn.", "")
-        if key not in ACTIVATIONS:
-            raise UsageError(f"unknown activation_fn {value!r}; choose one of {', '.join(ACTIVATIONS)}")
-        return ACTIVATIONS[key]
-    return value
+def activation_class(value: Any) -> type:
+    import torch
+
+    if isinstance(value, type):
+        return value
+    name = str(value).removeprefix("nn.").removeprefix("torch.nn.")
+    match = next((a for a in ACTIVATIONS if a.lower() == name.lower().replace("_", "")), None)
+    if match is None:
+        raise UsageError(f"unknown activation_fn {value!r}; choose one of {', '.join(ACTIVATIONS)}")
+    return getattr(torch.nn, match)
 
 
-def _schedule(value: Any) -> Any:
-    """'lin_3e-4' -> a schedule decaying linearly from 3e-4 to 0 (rl-zoo's notation)."""
+def schedule(key: str, value: Any) -> Any:
+    """'lin_3e-4' -> a schedule decaying linearly from 3e-4 to 0 (rl-zoo's notation); other values unchanged."""
     if isinstance(value, str) and value.startswith("lin_"):
-        start = float(value[4:])
-        return lambda progress_remaining: progress_remaining * start
+        from stable_baselines3.common.utils import LinearSchedule
+
+        try:
+            start = float(value[4:])
+        except ValueError as error:
+            raise UsageError(f"{key}={value!r}: a linear schedule is written lin_<start>, e.g. lin_1e-3") from error
+        return LinearSchedule(start, 0.0, 1.0)
     return value
 
 
 # --- configuration --------------------------------------------------------------------------
 
 
-def load_hyperparams(algo: str, env_id: str, overrides: dict[str, Any], config: str | None = None) -> dict[str, Any]:
-    """The env's block of configs/<algo>.yml (else its ``default:`` block), then ``overrides``."""
-    path = pathlib.Path(config) if config else CONFIG_DIR / f"{algo}.yml"
-    table: dict[str, Any] = {}
-    if path.is_file():
+def read_config(path: pathlib.Path) -> dict[str, Any]:
+    try:
         with open(path) as f:
-            table = yaml.safe_load(f) or {}
-    elif config:
+            table = yaml.safe_load(f)
+    except yaml.YAMLError as error:
+        raise UsageError(f"config file {path} is not valid YAML: {' '.join(str(error).split())}") from error
+    except OSError as error:
+        raise UsageError(f"could not read config file {path}: {error.strerror or error}") from error
+    if table is None:
+        return {}
+    if not isinstance(table, dict):
+        raise UsageError(f"config file {path} must map env ids (and 'default') to blocks of hyper-parameters, not a {type(table).__name__}")
+    return table
+
+
+def load_hyperparams(algo: str, env_id: str, overrides: dict[str, Any], config: str | None = None) -> dict[str, Any]:
+    """The env's block of configs/<algo>.yml (else its ``default:`` block), then ``overrides``; values as data, unconverted."""
+    path = pathlib.Path(config) if config else CONFIG_DIR / f"{algo}.yml"
+    if config and not path.is_file():
         raise UsageError(f"config file {config} does not exist")
-    params = dict(table.get(env_id, table.get("default", {})) or {})
-    params.update(overrides)
-    for key, value in list(params.items()):
-        if isinstance(value, str) and key in ("policy_kwargs", "normalize"):
-            params[key] = parse_value(value)
-    if isinstance(params.get("policy_kwargs"), dict) and "activation_fn" in params["policy_kwargs"]:
-        params["policy_kwargs"] = {**params["policy_kwargs"], "activation_fn": _activation(params["policy_kwargs"]["activation_fn"])}
-    for key in ("learning_rate", "clip_range"):
+    table = read_config(path) if path.is_file() else {}
+    block = table.get(env_id, table.get("default", {})) or {}
+    if not isinstance(block, dict):
+        raise UsageError(f"the block {env_id if env_id in table else 'default'} of {path} must map hyper-parameters to values")
+    params = {**block, **overrides}
+    for key in ("policy_kwargs", "inner_kwargs", "env_kwargs", "meta_optimizer_kwargs", "replay_buffer_kwargs", "normalize"):
         if key in params:
-            params[key] = _schedule(params[key])
+            params[key] = _structured(key, params[key])
     return params
 
 
-def check_constructor_args(algo_cls: type, kwargs: dict[str, Any], algo: str) -> None:
-    accepted = set(inspect.signature(algo_cls.__init__).parameters) - {"self", "policy", "env"}
-    unknown = sorted(set(kwargs) - accepted)
+def constructor_kwargs(params: dict[str, Any]) -> dict[str, Any]:
+    """Hyper-parameters as the constructor takes them: 'lin_…' schedules and activation names become objects."""
+    kwargs = dict(params)
+    for key in ("learning_rate", "clip_range"):
+        if key in kwargs:
+            kwargs[key] = schedule(key, kwargs[key])
+    policy_kwargs = kwargs.get("policy_kwargs")
+    if isinstance(policy_kwargs, dict) and "activation_fn" in policy_kwargs:
+        kwargs["policy_kwargs"] = {**policy_kwargs, "activation_fn": activation_class(policy_kwargs["activation_fn"])}
+    return kwargs
+
+
+def accepted_arguments(algo_cls: type) -> set[str]:
+    """Constructor arguments of the algorithm (and of its ngrl bases it passes them to), less those the CLI sets."""
+    names: set[str] = set()
+    for base in algo_cls.__mro__:
+        if base.__module__.startswith("agents") and "__init__" in vars(base):
+            names |= set(inspect.signature(base.__init__).parameters)
+    return names - CLI_MANAGED
+
+
+def check_hyperparams(algo_cls: type, params: dict[str, Any], algo: str, run_keys: Sequence[str]) -> None:
+    """Unknown names, wrong types and out-of-range values, told before any env is built."""
+    from agents.arguments import check_arguments
+
+    accepted = accepted_arguments(algo_cls)
+    unknown = sorted(set(params) - accepted)
     if unknown:
+        close = {u: difflib.get_close_matches(u, sorted(accepted | set(run_keys)), n=1) for u in unknown}
+        hints = "; ".join(f"{u}: did you mean {c[0]}?" for u, c in close.items() if c)
         raise UsageError(
-            f"unknown hyperparameter(s) {', '.join(unknown)} for {algo}. Accepted: "
-            f"{', '.join(sorted(a for a in accepted if not a.startswith('_')))}, plus {', '.join(RUN_KEYS)}."
+            f"unknown hyperparameter(s) {', '.join(unknown)} for {algo}.{' ' + hints if hints else ''} Accepted: "
+            f"{', '.join(sorted(a for a in accepted if not a.startswith('_')))}, plus {', '.join(run_keys)}."
         )
+    try:
+        check_arguments(algo_cls, constructor_kwargs(params))
+    except ValueError as error:
+        raise UsageError(f"bad hyperparameter for {algo}: {error}") from error
+
+
+def check_device(device: str) -> None:
+    import torch
+
+    from agents.arguments import device as device_rule
+
+    try:
+        device_rule("--device", device)
+    except ValueError as error:
+        raise UsageError(str(error)) from error
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise UsageError(f"--device {device} was asked for, but this machine has no CUDA device: use --device cpu (or auto)")
+
+
+def pop_int(params: dict[str, Any], key: str, default: int, given: int | None = None) -> int:
+    value = given if given is not None else params.get(key, default)
+    params.pop(key, None)
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise UsageError(f"{key} must be a positive integer, got {value!r}")
+    return value
+
+
+def run_seed(given: int | None, configured: Any) -> int:
+    seed = given if given is not None else configured
+    if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
+        raise UsageError(f"the seed must be a non-negative integer, got {seed!r}")
+    return seed
+
+
+def config_block(params: dict[str, Any], **run: Any) -> dict[str, Any]:
+    """The hyper-parameters as data (YAML-safe), with the run keys: a block that ``--config`` reads back."""
+
+    def plain(value: Any) -> Any:
+        if isinstance(value, dict):
+            return {str(k): plain(v) for k, v in value.items()}
+        if isinstance(value, (list, tuple)):
+            return [plain(v) for v in value]
+        if isinstance(value, type):
+            return value.__name__
+        if value is None or isinstance(value, (bool, int, float, str)):
+            return value
+        raise UsageError(f"the hyper-parameter value {value!r} cannot be written to config.yml; give it as data")
+
+    return plain({**run, **params})
 
 
 # --- environments ---------------------------------------------------------------------------
 
 
 def import_gym_packages(packages: Sequence[str] | None) -> None:
+    if str(pathlib.Path.cwd()) not in sys.path:
+        sys.path.insert(0, str(pathlib.Path.cwd()))  # module:Class envs from the current folder, as users expect
     for name in packages or []:
         try:
             importlib.import_module(name)
-        except ImportError as error:
-            raise UsageError(f"could not import --gym-packages {name!r}: {error}. Install it or fix the name.") from error
+        except Exception as error:  # an import runs the user's code: any failure is theirs to fix
+            raise UsageError(f"could not import --gym-packages {name!r}: {type(error).__name__}: {error}. Install it or fix the name.") from error
 
 
-def resolve_env(spec: str) -> str | Callable[..., gym.Env]:
+def resolve_env(spec: str) -> str | Callable[..., Any]:
     """An env id registered with gymnasium, or ``module:attr`` naming an env class or factory."""
+    import gymnasium as gym
+
+    import envs  # noqa: F401  (registers the ngrl/ ids)
+
     if spec in gym.registry:
         return spec
     if ":" in spec:
         module_name, _, attr = spec.partition(":")
         try:
             module = importlib.import_module(module_name)
-        except ImportError as error:
-            raise UsageError(f"could not import {module_name!r} for --env {spec}: {error}") from error
+        except Exception as error:
+            raise UsageError(f"could not import {module_name!r} for --env {spec}: {type(error).__name__}: {error}") from error
         if not hasattr(module, attr):
             raise UsageError(f"module {module_name!r} has no attribute {attr!r} (from --env {spec})")
         factory = getattr(module, attr)
@@ -180,127 +287,517 @@ def resolve_env(spec: str) -> str | Callable[..., gym.Env]:
     )
 
 
-def make_env(spec: str, n_envs: int, seed: int, env_kwargs: dict[str, Any]) -> VecEnv:
-    target = resolve_env(spec)
+def probe_env(spec: str, target: str | Callable[..., Any], env_kwargs: dict[str, Any]) -> None:
+    """Build one env apart from training, reset it and take one step: a broken env is bad input, told now."""
+    import gymnasium as gym
+
+    from agents.arguments import check_spaces
+
+    stage = "creating it"
     try:
-        return make_vec_env(target, n_envs=n_envs, seed=seed, env_kwargs=env_kwargs)
+        env = gym.make(target, **env_kwargs) if isinstance(target, str) else target(**env_kwargs)
+        if not isinstance(env, gym.Env):
+            raise UsageError(f"--env {spec} returned a {type(env).__name__}, not a gymnasium.Env")
+        try:
+            check_spaces(env.observation_space, env.action_space)
+            stage = "reset(seed=0)"
+            reset = env.reset(seed=0)
+            if not (isinstance(reset, tuple) and len(reset) == 2):
+                raise UsageError(f"{spec}'s reset must return (observation, info) as gymnasium's API says, got {type(reset).__name__}")
+            stage = "step(action)"
+            env.action_space.seed(0)
+            result = env.step(env.action_space.sample())
+            if not (isinstance(result, tuple) and len(result) == 5):
+                count = len(result) if isinstance(result, tuple) else type(result).__name__
+                raise UsageError(
+                    f"{spec}'s step returned {count} values; gymnasium's API returns 5: (observation, reward, terminated, "
+                    "truncated, info). Port the env from the old gym API (done → terminated, truncated)."
+                )
+        except BaseException:
+            env.close()
+            raise
+        stage = "close()"
+        env.close()
+    except UsageError:
+        raise
     except TypeError as error:
         raise UsageError(f"could not create {spec} with env kwargs {env_kwargs}: {error}") from error
-    except gym.error.Error as error:  # e.g. DependencyNotInstalled for box2d / mujoco envs
-        raise UsageError(f"could not create {spec}: {error}") from error
+    except Exception as error:  # the env's own code failed: report it, it is the user's env
+        raise UsageError(f"the env {spec} raised {type(error).__name__} during {stage}: {error}") from error
 
 
-def wrap_normalize(venv: VecEnv, normalize: Any) -> VecEnv:
-    if not normalize:
-        return venv
-    kwargs = normalize if isinstance(normalize, dict) else {}
-    return VecNormalize(venv, **kwargs)
+def make_env(spec: str, n_envs: int, seed: int, env_kwargs: dict[str, Any]) -> Any:
+    from stable_baselines3.common.env_util import make_vec_env
+
+    target = resolve_env(spec)
+    probe_env(spec, target, env_kwargs)
+    try:
+        return make_vec_env(target, n_envs=n_envs, seed=seed, env_kwargs=env_kwargs)
+    except Exception as error:
+        raise UsageError(f"could not create {spec}: {type(error).__name__}: {error}") from error
 
 
 def env_name(spec: str) -> str:
     return spec.replace("/", "-").replace(":", "-")
 
 
-def atomic_pickle(obj: Any, path: pathlib.Path) -> None:
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(temporary, "wb") as f:
-        pickle.dump(obj, f)
-    os.replace(temporary, path)
+# --- run folders and checkpoints --------------------------------------------------------------
 
 
-# --- commands -------------------------------------------------------------------------------
+def normalization_path(model_path: pathlib.Path) -> pathlib.Path:
+    """Where the VecNormalize statistics of the checkpoint ``model_path`` live (plain arrays)."""
+    return model_path.with_name(f"{model_path.stem}_vecnormalize.npz")
 
 
-def evaluate(model: Any, venv: VecEnv, n_episodes: int, deterministic: bool = True) -> tuple[float, float]:
-    mean, std = evaluate_policy(model, venv, n_eval_episodes=n_episodes, deterministic=deterministic, warn=False)
-    return float(mean), float(std)
+def new_run_dir(log_folder: str, algo: str, env: str, seed: int) -> pathlib.Path:
+    """``<log_folder>/<algo>/<env>_<seed>_<n>`` with the next free n."""
+    root = pathlib.Path(log_folder) / algo
+    prefix = f"{env_name(env)}_{seed}_"
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        taken = [int(p.name[len(prefix):]) for p in root.glob(f"{prefix}*") if p.name[len(prefix):].isdigit()]
+        run_dir = root / f"{prefix}{1 + max(taken or [0])}"
+        run_dir.mkdir()
+        probe = run_dir / ".write-test"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as error:
+        raise UsageError(
+            f"cannot write runs under --log-folder {log_folder}: {error.strerror or error} ({error.filename or root}). "
+            "Choose a folder you can write to."
+        ) from error
+    return run_dir
 
 
-def eval_env(spec: str, seed: int, env_kwargs: dict[str, Any], stats: pathlib.Path | None) -> VecEnv:
-    venv = make_env(spec, 1, seed, env_kwargs)
-    if stats is not None and stats.is_file():
-        venv = VecNormalize.load(str(stats), venv)
-        venv.training = False
-        venv.norm_reward = False
+def write_run_files(run_dir: pathlib.Path, env: str, block: dict[str, Any], algo: str) -> None:
+    header = f"# {algo} on {env}: the configuration this run used; rerun it with --config {run_dir / 'config.yml'}\n"
+    (run_dir / "config.yml").write_text(header + yaml.safe_dump({env: block}, sort_keys=False))
+    (run_dir / "command.txt").write_text(shlex.join([sys.executable, *sys.argv]) + "\n")
+
+
+def replay_buffer_path(model_path: pathlib.Path) -> pathlib.Path:
+    return model_path.with_name(f"{model_path.stem}_replay_buffer.npz")
+
+
+def save_model(model: Any, path: pathlib.Path, replay_buffer: bool = False) -> None:
+    """The checkpoint and, beside it, its normalisation statistics (normalised env) and replay buffer (when asked)."""
+    from stable_baselines3.common.vec_env import VecNormalize
+
+    from agents.checkpoint import save_normalization
+
+    model.save(path)
+    venv = model.get_env()
+    if isinstance(venv, VecNormalize):
+        save_normalization(venv, normalization_path(path))
+    if replay_buffer and getattr(model, "replay_buffer", None) is not None:
+        model.save_replay_buffer(replay_buffer_path(path))
+
+
+class RunControl:
+    """Signal handling and periodic checkpoints around ``learn``: the first SIGINT/SIGTERM stops training
+    at the next environment step (the current update finishes), a second SIGINT stops at once."""
+
+    def __init__(self, save_freq: int, checkpoint_dir: pathlib.Path, replay_buffer: bool = False):
+        self.save_freq = save_freq
+        self.replay_buffer = replay_buffer
+        self.checkpoint_dir = checkpoint_dir
+        self.received: int | None = None
+        self._previous: dict[int, Any] = {}
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.received is not None and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.received = signum
+        print(f"\n{signal.Signals(signum).name} received: finishing the current step, then saving (Ctrl-C again to stop at once).",
+              file=sys.stderr, flush=True)
+
+    def __enter__(self) -> "RunControl":
+        for signum in EXIT_SIGNAL:
+            self._previous[signum] = signal.signal(signum, self._handle)
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
+
+    def callback(self) -> Any:
+        from stable_baselines3.common.callbacks import BaseCallback
+
+        control = self
+
+        class Control(BaseCallback):
+            def _on_step(self) -> bool:
+                if control.save_freq and self.num_timesteps // control.save_freq > getattr(self, "_saved_at", 0):
+                    self._saved_at = self.num_timesteps // control.save_freq
+                    control.checkpoint(self.model)
+                return control.received is None
+
+        return Control()
+
+    def checkpoint(self, model: Any) -> None:
+        path = self.checkpoint_dir / f"rl_model_{model.num_timesteps}_steps.zip"
+        save_model(model, path, self.replay_buffer)
+        saved = sorted(self.checkpoint_dir.glob("rl_model_*_steps.zip"), key=lambda p: int(p.stem.split("_")[2]))
+        for old in saved[:-KEEP_CHECKPOINTS]:
+            old.unlink(missing_ok=True)
+            normalization_path(old).unlink(missing_ok=True)
+            replay_buffer_path(old).unlink(missing_ok=True)
+
+
+def learn_and_save(model: Any, n_timesteps: int, args: argparse.Namespace, run_dir: pathlib.Path, model_path: pathlib.Path,
+                   tb_log_name: str, resume_command: list[str]) -> int:
+    """Train, then save; on SIGINT/SIGTERM save what there is and say how to resume (exit 130/143)."""
+    from agents import NonFiniteParametersError
+
+    reset = args.trained_agent is None
+    keep_buffer = getattr(args, "save_replay_buffer", False)
+    with RunControl(args.save_freq, run_dir / "checkpoints", keep_buffer) as control:
+        try:
+            model.learn(n_timesteps, callback=control.callback(), tb_log_name=tb_log_name, progress_bar=not args.quiet,
+                        reset_num_timesteps=reset)
+        except KeyboardInterrupt:
+            control.received = signal.SIGINT
+        except NonFiniteParametersError as error:  # the parameters from before the bad update are in place
+            save_model(model, model_path, keep_buffer)
+            print(f"error: {error}\nThe last finite parameters were saved to {model_path}.", file=sys.stderr)
+            return 1
+    save_model(model, model_path, keep_buffer)
+    if control.received is not None:
+        name = signal.Signals(control.received).name
+        print(f"{name}: training stopped after {model.num_timesteps} steps. Saved model to {model_path}")
+        print("Resume with: " + shlex.join([sys.executable, sys.argv[0], *resume_command, "--trained-agent", str(model_path)]))
+        return EXIT_SIGNAL[control.received]
+    print(f"Saved model to {model_path}")
+    return 0
+
+
+def resume_arguments(argv: Sequence[str]) -> list[str]:
+    """The command line without --trained-agent (the resume command names its own)."""
+    out, skip = [], False
+    for item in argv:
+        if skip:
+            skip = False
+            continue
+        if item == "--trained-agent":
+            skip = True
+            continue
+        if item.startswith("--trained-agent="):
+            continue
+        out.append(item)
+    return out
+
+
+# --- train and eval ---------------------------------------------------------------------------
+
+
+def algorithm(name: str, meta: bool = False) -> type:
+    from agents import ALGOS, META_ALGOS
+
+    table, other = (META_ALGOS, ALGOS) if meta else (ALGOS, META_ALGOS)
+    if name in table:
+        return table[name]
+    if name in other:
+        raise UsageError(f"{name} is a {'single-task' if meta else 'meta-'}algorithm: use `train.py {'train' if meta else 'meta-train'} --algo {name}`")
+    close = difflib.get_close_matches(name, list(table), n=1)
+    hint = f" Did you mean {close[0]}?" if close else ""
+    raise UsageError(f"unknown algorithm {name!r}.{hint} Available: {', '.join(table)}.")
+
+
+def load_checkpoint(algo_cls: type, path: str, env: Any, args: argparse.Namespace) -> Any:
+    from agents import CheckpointError
+
+    try:
+        return algo_cls.load(path, env=env, device=args.device, allow_unsafe_pickle=args.allow_unsafe_pickle)
+    except CheckpointError as error:
+        raise UsageError(str(error).replace("allow_unsafe_pickle=True", "--allow-unsafe-pickle")) from error
+
+
+def normalized_env(venv: Any, model_path: pathlib.Path, args: argparse.Namespace, training: bool) -> Any:
+    """``venv`` with the statistics saved beside the checkpoint (none: ``venv`` itself); a legacy pickle only when allowed."""
+    from stable_baselines3.common.vec_env import VecNormalize
+
+    from agents.checkpoint import UNSAFE_HINT, load_normalization
+
+    stats = normalization_path(model_path)
+    if stats.is_file():
+        return load_normalization(stats, venv, training=training)
+    legacy = model_path.parent / "vecnormalize.pkl"
+    if legacy.is_file():
+        if not args.allow_unsafe_pickle:
+            raise UsageError(f"{legacy} holds normalisation statistics as a pickle. {UNSAFE_HINT.replace('allow_unsafe_pickle=True', '--allow-unsafe-pickle')}")
+        normalized = VecNormalize.load(str(legacy), venv)
+        normalized.training, normalized.norm_reward = training, normalized.norm_reward and training
+        return normalized
     return venv
 
 
+def was_normalized(path: pathlib.Path) -> bool:
+    """Whether the checkpoint records training on a VecNormalize env (read from its JSON data only)."""
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(path) as archive:
+            return bool(json.loads(archive.read("data").decode()).get("_ngrl_vecnormalize", False))
+    except (OSError, KeyError, ValueError, zipfile.BadZipFile):
+        return False  # the loader reports what is wrong with the file
+
+
+def existing_checkpoint(path: str) -> pathlib.Path:
+    from agents.checkpoint import zip_path
+
+    found = next((p for p in (pathlib.Path(path), zip_path(path)) if p.is_file()), None)
+    if found is None:
+        raise UsageError(f"no checkpoint at {path}: check the path (training prints it when it saves)")
+    return found
+
+
 def cmd_train(args: argparse.Namespace) -> int:
-    algo_cls = ALGOS[args.algo]
+    algo_cls = algorithm(args.algo)
+    if args.n_timesteps is not None and args.n_timesteps < 1:
+        raise UsageError(f"--n-timesteps must be a positive number of environment steps, got {args.n_timesteps}")
+    if args.n_eval_episodes < 0 or args.save_freq < 0:
+        raise UsageError("--n-eval-episodes and --save-freq must be >= 0")
+    check_device(args.device)
     import_gym_packages(args.gym_packages)
-    env_kwargs = parse_key_values(args.env_kwargs, "--env-kwargs")
     params = load_hyperparams(args.algo, args.env, parse_key_values(args.hyperparams, "--hyperparams"), args.config)
-    n_timesteps = int(args.n_timesteps if args.n_timesteps is not None else params.pop("n_timesteps", 100_000))
-    params.pop("n_timesteps", None)
-    n_envs = int(params.pop("n_envs", 1))
-    policy = args.policy or params.pop("policy", "MlpPolicy")
+    env_kwargs = {**_mapping("env_kwargs", params.pop("env_kwargs", None) or {}), **parse_key_values(args.env_kwargs, "--env-kwargs")}
+    seed = run_seed(args.seed, params.pop("seed", 0))
+    n_timesteps = pop_int(params, "n_timesteps", 100_000, args.n_timesteps)
+    n_envs = pop_int(params, "n_envs", 1)
+    policy = args.policy or params.get("policy", "MlpPolicy")
     params.pop("policy", None)
     normalize = params.pop("normalize", False)
-    for key in RUN_KEYS:
-        if key in params:
-            raise UsageError(f"{key} is not supported by this command line yet; remove it from the config")
-    check_constructor_args(algo_cls, params, args.algo)
+    if not isinstance(normalize, (bool, dict)):
+        raise UsageError(f"normalize must be true, false or a dict of VecNormalize arguments, got {normalize!r}")
+    check_hyperparams(algo_cls, params, args.algo, RUN_KEYS)
     if policy not in algo_cls.policy_aliases:
         raise UsageError(f"unknown policy {policy!r} for {args.algo}; choose one of {', '.join(algo_cls.policy_aliases)}")
+    trained = existing_checkpoint(args.trained_agent) if args.trained_agent else None
 
-    venv = wrap_normalize(make_env(args.env, n_envs, args.seed, env_kwargs), normalize)
-    try:
-        model = algo_cls(
-            policy, venv, seed=args.seed, device=args.device, verbose=args.verbose, tensorboard_log=args.tensorboard_log, **params
-        )
-    except AssertionError as error:  # SB3 asserts the action space is supported
-        raise UsageError(f"{args.algo} cannot train on {args.env}: {error}") from error
+    venv = make_env(args.env, n_envs, seed, env_kwargs)
+    if trained is not None:
+        if was_normalized(trained) and not normalization_path(trained).is_file() and not (trained.parent / "vecnormalize.pkl").is_file():
+            raise UsageError(f"{trained} was trained on a normalised env, but {normalization_path(trained)} is missing")
+        venv = normalized_env(venv, trained, args, training=True)
+        model = load_checkpoint(algo_cls, str(trained), venv, args)
+        if replay_buffer_path(trained).is_file() and getattr(model, "replay_buffer", None) is not None:
+            model.load_replay_buffer(replay_buffer_path(trained))
+            print(f"Loaded the replay buffer {replay_buffer_path(trained)}")
+        if model.num_timesteps >= n_timesteps:
+            raise UsageError(f"{trained} has already trained {model.num_timesteps} steps, the whole budget of {n_timesteps}: raise --n-timesteps")
+        remaining = n_timesteps - model.num_timesteps
+        print(f"Continuing {trained} from step {model.num_timesteps} to {n_timesteps}")
+    else:
+        from stable_baselines3.common.vec_env import VecNormalize
 
-    run_dir = pathlib.Path(args.log_folder) / args.algo
-    run_dir.mkdir(parents=True, exist_ok=True)
-    index = 1 + max([int(p.name.rsplit("_", 1)[1]) for p in run_dir.glob(f"{env_name(args.env)}_*") if p.name.rsplit("_", 1)[1].isdigit()] or [0])
-    run_dir = run_dir / f"{env_name(args.env)}_{index}"
-    run_dir.mkdir()
+        if normalize:
+            venv = VecNormalize(venv, **(normalize if isinstance(normalize, dict) else {}))
+        try:
+            model = algo_cls(policy, venv, seed=seed, device=args.device, verbose=args.verbose,
+                             tensorboard_log=args.tensorboard_log, **constructor_kwargs(params))
+        except (ValueError, TypeError, AssertionError) as error:  # arguments or spaces the algorithm refuses
+            raise UsageError(f"{args.algo} cannot train on {args.env}: {error}") from error
+        remaining = n_timesteps
+    model._ngrl_vecnormalize = bool(normalize) or (trained is not None and was_normalized(trained))  # recorded in the checkpoint
 
-    resolved = {"algo": args.algo, "env": args.env, "seed": args.seed, "n_timesteps": n_timesteps, "n_envs": n_envs,
-                "policy": policy, "normalize": normalize, "env_kwargs": env_kwargs,
-                "hyperparams": {k: (v if isinstance(v, (int, float, str, bool, list, dict, type(None))) else repr(v)) for k, v in params.items()}}
-    with open(run_dir / "config.yml", "w") as f:
-        yaml.safe_dump(resolved, f, sort_keys=False)
-    (run_dir / "command.txt").write_text(shlex.join([sys.executable, *sys.argv]) + "\n")
-
-    model.learn(n_timesteps, tb_log_name=args.algo.upper(), progress_bar=args.progress)
+    run_dir = new_run_dir(args.log_folder, args.algo, args.env, seed)
+    block = config_block(params, n_timesteps=n_timesteps, n_envs=n_envs, policy=policy, normalize=normalize, env_kwargs=env_kwargs, seed=seed)
+    write_run_files(run_dir, args.env, block, args.algo)
     model_path = run_dir / f"{env_name(args.env)}.zip"
-    model.save(model_path)
-    stats_path = None
-    if isinstance(venv, VecNormalize):
-        stats_path = run_dir / "vecnormalize.pkl"
-        atomic_pickle(venv, stats_path)
-    print(f"Saved model to {model_path}")
+    status = learn_and_save(model, remaining, args, run_dir, model_path, f"{args.algo.upper()}_{run_dir.name}", resume_arguments(sys.argv[1:]))
+    if status != 0:
+        return status
+    if model.num_timesteps != n_timesteps:
+        print(f"Ran {model.num_timesteps} environment steps for a budget of {n_timesteps}: on-policy rollouts "
+              f"({getattr(model, 'n_steps', 1)} steps × {n_envs} envs) end whole, as in SB3.")
     if args.n_eval_episodes > 0:
-        mean, std = evaluate(model, eval_env(args.env, args.seed + 10_000, env_kwargs, stats_path), args.n_eval_episodes)
+        eval_venv = normalized_env(make_env(args.env, 1, seed + 10_000, env_kwargs), model_path, args, training=False)
+        mean, std = evaluate(model, eval_venv, args.n_eval_episodes, deterministic=True)
         print(f"Evaluation of {args.algo} on {args.env} over {args.n_eval_episodes} episodes: {mean:.2f} ± {std:.2f}")
     return 0
 
 
+def _mapping(key: str, value: Any) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise UsageError(f"{key} must be a dict, got {value!r}")
+    return value
+
+
+def evaluate(model: Any, venv: Any, n_episodes: int, deterministic: bool = True) -> tuple[float, float]:
+    from stable_baselines3.common.evaluation import evaluate_policy
+
+    mean, std = evaluate_policy(model, venv, n_eval_episodes=n_episodes, deterministic=deterministic, warn=False)
+    return float(mean), float(std)
+
+
 def cmd_eval(args: argparse.Namespace) -> int:
-    algo_cls = ALGOS[args.algo]
+    algo_cls = algorithm(args.algo)
+    if args.n_episodes < 1:
+        raise UsageError(f"--n-episodes must be at least 1, got {args.n_episodes}")
+    check_device(args.device)
     import_gym_packages(args.gym_packages)
     env_kwargs = parse_key_values(args.env_kwargs, "--env-kwargs")
-    model_path = pathlib.Path(args.model)
-    stats = model_path.parent / "vecnormalize.pkl"
-    venv = eval_env(args.env, args.seed, env_kwargs, stats)
-    try:
-        model = algo_cls.load(model_path, env=venv, device=args.device)
-    except CheckpointError as error:
-        raise UsageError(str(error)) from error
+    model_path = existing_checkpoint(args.model)
+    seed = args.seed if args.seed is not None else 0
+    venv = make_env(args.env, 1, seed, env_kwargs)
+    if not args.no_norm:
+        normalized = normalized_env(venv, model_path, args, training=False)
+        if normalized is venv and was_normalized(model_path):
+            raise UsageError(
+                f"{model_path} was trained on a normalised env, but its statistics ({normalization_path(model_path).name}) are "
+                "not beside it: copy them there, or pass --no-norm to evaluate on raw observations (returns will be meaningless)"
+            )
+        venv = normalized
+    model = load_checkpoint(algo_cls, str(model_path), venv, args)
     mean, std = evaluate(model, venv, args.n_episodes, deterministic=not args.stochastic)
     print(f"Evaluation of {args.algo} on {args.env} over {args.n_episodes} episodes: {mean:.2f} ± {std:.2f}")
     return 0
 
 
-def _add_env_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--algo", required=True, help=f"algorithm: one of {', '.join(ALGOS)}")
-    parser.add_argument("--env", required=True, help="gymnasium id, or module:EnvClass / module:make_env for your own env")
-    parser.add_argument("--env-kwargs", nargs="*", metavar="KEY=VALUE", help="keyword arguments of the env (parsed as data)")
-    parser.add_argument("--gym-packages", nargs="*", metavar="PACKAGE", help="packages to import first (they register env ids)")
-    parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
-    parser.add_argument("--device", default="auto", help="auto (CUDA when present), cpu or cuda")
+# --- meta-train and adapt ---------------------------------------------------------------------
+
+
+def print_adaptation(model: Any, tasks: list[dict[str, float]], n_updates: Sequence[int], seed: int) -> dict[int, Any]:
+    from stable_baselines3.common.utils import set_random_seed
+
+    set_random_seed(seed)
+    print(f"Adapting to {len(tasks)} held-out tasks of {model.env_id} ({max(n_updates)} inner updates at most)...", flush=True)
+    returns = model.evaluate_adaptation(tasks, n_updates=n_updates, seed=seed)
+    print(f"Return on {len(tasks)} held-out tasks of {model.env_id} (mean ± std over tasks):")
+    print("| inner updates | return |")
+    print("|---|---|")
+    for k, values in returns.items():
+        print(f"| {k} | {values.mean():.2f} ± {values.std():.2f} |")
+    return returns
+
+
+def cmd_meta_train(args: argparse.Namespace) -> int:
+    import gymnasium as gym
+
+    import envs  # noqa: F401
+    from envs.task_family import held_out_tasks
+
+    algo_cls = algorithm(args.algo, meta=True)
+    if args.n_timesteps is not None and args.n_timesteps < 1:
+        raise UsageError(f"--n-timesteps must be a positive number of environment steps, got {args.n_timesteps}")
+    if args.n_eval_tasks < 0 or args.save_freq < 0:
+        raise UsageError("--n-eval-tasks and --save-freq must be >= 0")
+    check_device(args.device)
+    if args.env not in gym.registry:
+        close = difflib.get_close_matches(args.env, [k for k in gym.registry if k.startswith("ngrl/")], n=2)
+        raise UsageError(f"unknown environment id {args.env!r}: meta-train needs a registered task family such as "
+                         f"{', '.join(close) if close else 'ngrl/Navigation2D-v0'}")
+    params = load_hyperparams(args.algo, args.env, parse_key_values(args.hyperparams, "--hyperparams"), args.config)
+    env_kwargs = {**_mapping("env_kwargs", params.pop("env_kwargs", None) or {}), **parse_key_values(args.env_kwargs, "--env-kwargs")}
+    seed = run_seed(args.seed, params.pop("seed", 0))
+    n_timesteps = pop_int(params, "n_timesteps", 200_000, args.n_timesteps)
+    policy = args.policy or params.get("policy", "MlpPolicy")
+    params.pop("policy", None)
+    check_hyperparams(algo_cls, params, args.algo, META_RUN_KEYS)
+    if policy not in algo_cls.policy_aliases:
+        raise UsageError(f"unknown policy {policy!r} for {args.algo}; choose one of {', '.join(algo_cls.policy_aliases)}")
+    probe_env(args.env, args.env, env_kwargs)
+    try:
+        held_out_tasks(args.env, 1, 0, env_kwargs)
+    except ValueError as error:
+        raise UsageError(str(error)) from error
+    if args.trained_agent:
+        trained = existing_checkpoint(args.trained_agent)
+        model = load_checkpoint(algo_cls, str(trained), None, args)
+        model.set_env(model._task_env(model.meta_batch_size, seed))
+        if model.num_timesteps >= n_timesteps:
+            raise UsageError(f"{trained} has already trained {model.num_timesteps} steps, the whole budget of {n_timesteps}: raise --n-timesteps")
+        remaining = n_timesteps - model.num_timesteps
+    else:
+        try:
+            model = algo_cls(policy, args.env, env_kwargs=env_kwargs, seed=seed, device=args.device, verbose=args.verbose,
+                             tensorboard_log=args.tensorboard_log, **constructor_kwargs(params))
+        except (ValueError, TypeError, AssertionError) as error:
+            raise UsageError(f"{args.algo} cannot meta-train on {args.env}: {error}") from error
+        remaining = n_timesteps
+    run_dir = new_run_dir(args.log_folder, args.algo, args.env, seed)
+    write_run_files(run_dir, args.env, config_block(params, n_timesteps=n_timesteps, policy=policy, env_kwargs=env_kwargs, seed=seed), args.algo)
+    path = run_dir / f"{env_name(args.env)}.zip"
+    status = learn_and_save(model, remaining, args, run_dir, path, f"{args.algo.upper()}_{run_dir.name}", resume_arguments(sys.argv[1:]))
+    if status != 0:
+        return status
+    if model.num_timesteps != n_timesteps:
+        print(f"Ran {model.num_timesteps} environment steps for a budget of {n_timesteps}: a meta-iteration ends whole.")
+    if args.n_eval_tasks > 0:
+        print_adaptation(model, held_out_tasks(args.env, args.n_eval_tasks, seed + 10_000, env_kwargs), [0, 1], seed + 10_000)
+    return 0
+
+
+def saved_algorithm(path: pathlib.Path) -> Any:
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(path) as archive:
+            return json.loads(archive.read("data").decode()).get("_ngrl_algorithm")
+    except (zipfile.BadZipFile, KeyError, ValueError, OSError, AttributeError) as error:
+        raise UsageError(f"{path} is not a readable ngrl checkpoint ({error}); point to the .zip meta-train wrote") from error
+
+
+def cmd_adapt(args: argparse.Namespace) -> int:
+    from agents import META_ALGOS
+    from envs.task_family import held_out_tasks
+
+    if any(k < 0 for k in args.n_updates):
+        raise UsageError("--n-updates takes non-negative integers")
+    if args.n_tasks < 1:
+        raise UsageError("--n-tasks must be at least 1")
+    check_device(args.device)
+    output = pathlib.Path(args.output) if args.output else None
+    if output is not None:
+        if output.is_dir():
+            raise UsageError(f"--output {output} is a folder: name a file to write, e.g. {output / 'adaptation.json'}")
+        if not output.parent.is_dir() or not os.access(output.parent, os.W_OK):
+            raise UsageError(f"--output {output}: its folder {output.parent} does not exist or is not writable")
+    path = existing_checkpoint(args.model)
+    saved = saved_algorithm(path)
+    by_class = {cls.__name__: name for name, cls in META_ALGOS.items()}
+    if saved not in by_class:
+        raise UsageError(f"{path} was saved by {saved or 'something other than ngrl'}, not by a meta-learner ({', '.join(META_ALGOS)}); "
+                         "use `train.py eval` for ordinary agents")
+    model = load_checkpoint(META_ALGOS[by_class[saved]], str(path), None, args)
+    try:
+        tasks = held_out_tasks(model.env_id, args.n_tasks, args.seed, model.env_kwargs)
+    except ValueError as error:
+        raise UsageError(str(error)) from error
+    returns = print_adaptation(model, tasks, args.n_updates, args.seed)
+    if output is not None:
+        out = {"model": str(path), "env": model.env_id, "seed": args.seed, "tasks": tasks,
+               "returns": {str(k): v.tolist() for k, v in returns.items()}}
+        output.write_text(json.dumps(out, indent=1))
+    return 0
+
+
+# --- the parser -------------------------------------------------------------------------------
+
+
+def _add_common(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda or cuda:N")
+    parser.add_argument("--num-threads", type=int, default=1,
+                        help="torch threads (default 1: fastest for the small networks of RL; raise it for large CNNs)")
+    parser.add_argument("--allow-unsafe-pickle", action="store_true",
+                        help="also load checkpoints and statistics in pickle format (older ngrl, SB3): unpickling can run "
+                             "arbitrary code, so only for files you trust")
+
+
+def _add_training(parser: argparse.ArgumentParser, default_log: str = "logs") -> None:
+    parser.add_argument("--n-timesteps", type=int, help="environment steps (default: the config's n_timesteps)")
+    parser.add_argument("--policy", help="policy name (default: the config's, else MlpPolicy)")
+    parser.add_argument("--hyperparams", nargs="*", metavar="KEY=VALUE", help="override config entries")
+    parser.add_argument("--config", help="YAML file to read instead of configs/<algo>.yml (e.g. a run's config.yml)")
+    parser.add_argument("--log-folder", default=default_log, help="where runs are written (default logs/)")
+    parser.add_argument("--tensorboard-log", help="tensorboard log folder")
+    parser.add_argument("--save-freq", type=int, default=0, metavar="N",
+                        help=f"also save a checkpoint every N steps under <run>/checkpoints/ (the last {KEEP_CHECKPOINTS} are kept)")
+    parser.add_argument("--trained-agent", metavar="PATH", help="continue training this checkpoint (its step counter, "
+                        "optimizer state and normalisation statistics) up to --n-timesteps steps in all")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    parser.add_argument("--progress", action="store_true", help=argparse.SUPPRESS)  # progress is the default now
+    parser.add_argument("--verbose", type=int, default=0, help="0: progress bar only, 1: SB3's training logs too")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -308,35 +805,64 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
 
     train = commands.add_parser("train", help="train an agent and save its checkpoint")
-    _add_env_arguments(train)
-    train.add_argument("--n-timesteps", type=int, help="environment steps (default: the config's n_timesteps)")
-    train.add_argument("--policy", help="policy name (default: the config's, else MlpPolicy)")
-    train.add_argument("--hyperparams", nargs="*", metavar="KEY=VALUE", help="override config entries")
-    train.add_argument("--config", help="YAML file to read instead of configs/<algo>.yml")
-    train.add_argument("--log-folder", default="logs", help="where runs are written (default logs/)")
-    train.add_argument("--tensorboard-log", help="tensorboard log folder")
+    train.add_argument("--algo", required=True, help=f"algorithm: one of {', '.join(ALGO_NAMES)}")
+    train.add_argument("--env", required=True, help="gymnasium id, or module:EnvClass / module:make_env for your own env")
+    train.add_argument("--env-kwargs", nargs="*", metavar="KEY=VALUE", help="keyword arguments of the env (parsed as data)")
+    train.add_argument("--gym-packages", nargs="*", metavar="PACKAGE", help="packages to import first (they register env ids)")
+    train.add_argument("--seed", type=int, help="random seed (default: the config's, else 0)")
     train.add_argument("--n-eval-episodes", type=int, default=10, help="episodes of the final evaluation (0: none)")
-    train.add_argument("--progress", action="store_true", help="show a progress bar")
-    train.add_argument("--verbose", type=int, default=0, help="0 quiet, 1 SB3's training logs")
+    train.add_argument("--save-replay-buffer", action="store_true",
+                       help="off-policy agents (ngdqn): also save the replay buffer with each checkpoint (plain arrays), "
+                            "so that --trained-agent continues with it")
+    _add_training(train)
+    _add_common(train)
     train.set_defaults(handler=cmd_train)
 
     evaluate_cmd = commands.add_parser("eval", help="evaluate a saved checkpoint")
-    _add_env_arguments(evaluate_cmd)
+    evaluate_cmd.add_argument("--algo", required=True, help=f"algorithm: one of {', '.join(ALGO_NAMES)}")
+    evaluate_cmd.add_argument("--env", required=True, help="gymnasium id, or module:EnvClass / module:make_env")
+    evaluate_cmd.add_argument("--env-kwargs", nargs="*", metavar="KEY=VALUE", help="keyword arguments of the env (parsed as data)")
+    evaluate_cmd.add_argument("--gym-packages", nargs="*", metavar="PACKAGE", help="packages to import first (they register env ids)")
+    evaluate_cmd.add_argument("--seed", type=int, help="seed of the evaluation env (default 0)")
     evaluate_cmd.add_argument("--model", required=True, help="path of the .zip checkpoint")
     evaluate_cmd.add_argument("--n-episodes", type=int, default=10, help="episodes to evaluate (default 10)")
     evaluate_cmd.add_argument("--stochastic", action="store_true", help="sample actions instead of the deterministic policy")
+    evaluate_cmd.add_argument("--no-norm", action="store_true",
+                              help="evaluate a model trained with normalize on raw observations (its statistics are missing)")
+    _add_common(evaluate_cmd)
     evaluate_cmd.set_defaults(handler=cmd_eval)
-    add_meta_subcommands(commands, load_hyperparams, parse_key_values)  # meta-train, adapt
+
+    meta = commands.add_parser("meta-train", help="meta-train Reptile, FOMAML or iMAML on a task family")
+    meta.add_argument("--algo", required=True, help=f"meta-learner: one of {', '.join(META_ALGO_NAMES)}")
+    meta.add_argument("--env", required=True, help="a registered task family, e.g. ngrl/Navigation2D-v0")
+    meta.add_argument("--env-kwargs", nargs="*", metavar="KEY=VALUE", help="keyword arguments of the env (parsed as data)")
+    meta.add_argument("--seed", type=int, help="random seed (default: the config's, else 0)")
+    meta.add_argument("--n-eval-tasks", type=int, default=0, help="held-out tasks to report adaptation on after training")
+    _add_training(meta)
+    _add_common(meta)
+    meta.set_defaults(handler=cmd_meta_train)
+
+    adapt = commands.add_parser("adapt", help="returns of a meta-trained model on held-out tasks before and after adaptation")
+    adapt.add_argument("--model", required=True, help="path of the .zip written by meta-train")
+    adapt.add_argument("--n-tasks", type=int, default=20, help="held-out tasks (default 20)")
+    adapt.add_argument("--n-updates", type=int, nargs="+", default=[0, 1, 3], help="inner updates to report (default 0 1 3)")
+    adapt.add_argument("--seed", type=int, default=12345, help="seed of the held-out tasks and rollouts (default 12345)")
+    adapt.add_argument("--output", help="also write the returns per task to this JSON file")
+    _add_common(adapt)
+    adapt.set_defaults(handler=cmd_adapt)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    if getattr(args, "algo", None) is not None and args.algo not in ALGOS:
-        close = difflib.get_close_matches(args.algo, list(ALGOS), n=1)
-        hint = f" Did you mean {close[0]}?" if close else ""
-        print(f"error: unknown algorithm {args.algo!r}.{hint} Available: {', '.join(ALGOS)}.", file=sys.stderr)
+    if args.num_threads < 1:
+        print(f"error: --num-threads must be at least 1, got {args.num_threads}", file=sys.stderr)
         return 2
+    import torch
+
+    from agents import CheckpointError
+
+    torch.set_num_threads(args.num_threads)
     try:
         return args.handler(args)
     except (UsageError, CheckpointError) as error:

@@ -44,8 +44,9 @@ from stable_baselines3.common.utils import set_random_seed
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
 import envs  # noqa: E402,F401
+import train  # noqa: E402  (the configuration layer)
 from agents import FOMAML, IMAML, NPG, Reptile  # noqa: E402
-from agents.meta.cli import held_out_tasks  # noqa: E402
+from envs.task_family import held_out_tasks  # noqa: E402
 from agents.meta.maml import maml_meta_gradient  # noqa: E402
 from agents.meta.memory import SavedTensorMeter  # noqa: E402
 from agents.meta.rollouts import collect_task_rollouts  # noqa: E402
@@ -54,36 +55,14 @@ from envs import TaskResampling  # noqa: E402
 RESULTS = pathlib.Path(__file__).resolve().parent / "results"
 UPDATES = (0, 1, 3)
 
-# One configuration per family; the inner loop (NPG, its trust region, the rollout size) is shared
-# by every method, baselines included. meta_target_kl (δ of the natural meta-step, used by the
+# The task families measured. Every method's settings are its block of configs/<method>.yml (read by
+# train.py's configuration layer, as `train.py meta-train` reads them); the baselines take the inner
+# loop (NPG, its trust region, the rollout size, the network) of reptile.yml's block, so that it is
+# shared by every method. The configs' meta_target_kl (δ of the natural meta-step, used by the
 # *_natural variants) was chosen on seeds 10–12 from 0.01, 0.03, 0.1, 0.2: the best mean return after
 # one update (results/meta_tune_*.json); HalfCheetahVel keeps the default.
-FAMILIES: dict[str, dict[str, Any]] = {
-    "ngrl/Navigation2D-v0": {
-        "common": {"policy_kwargs": {"net_arch": [64, 64]}, "meta_batch_size": 10, "n_steps": 400, "gamma": 0.99,
-                   "inner_algo": "npg", "inner_kwargs": {"target_kl": 0.1, "n_critic_updates": 5}},
-        "reptile": {"learning_rate": 0.5, "inner_updates": 3},
-        "fomaml": {"learning_rate": 3e-3, "inner_updates": 1, "meta_target_kl": 0.01},
-        "imaml": {"learning_rate": 3e-3, "inner_updates": 1, "lam": 1.0, "proximal_step": 0.1, "curvature": "fisher",
-                  "meta_target_kl": 0.01},
-    },
-    "ngrl/CartPoleDynamics-v0": {
-        "common": {"policy_kwargs": {"net_arch": [64, 64]}, "meta_batch_size": 5, "n_steps": 500, "gamma": 0.99,
-                   "inner_algo": "npg", "inner_kwargs": {"target_kl": 0.05, "n_critic_updates": 5}},
-        "reptile": {"learning_rate": 0.5, "inner_updates": 3},
-        "fomaml": {"learning_rate": 1e-2, "inner_updates": 1, "meta_target_kl": 0.1},
-        "imaml": {"learning_rate": 1e-2, "inner_updates": 1, "lam": 1.0, "proximal_step": 0.1, "curvature": "fisher",
-                  "meta_target_kl": 0.2},
-    },
-    # needs MuJoCo (gymnasium[mujoco]); two 200-step episodes per task and rollout
-    "ngrl/HalfCheetahVel-v0": {
-        "common": {"policy_kwargs": {"net_arch": [64, 64]}, "meta_batch_size": 10, "n_steps": 400, "gamma": 0.99,
-                   "inner_algo": "npg", "inner_kwargs": {"target_kl": 0.05, "n_critic_updates": 5}},
-        "reptile": {"learning_rate": 0.5, "inner_updates": 3},
-        "fomaml": {"learning_rate": 1e-2, "inner_updates": 1},
-        "imaml": {"learning_rate": 1e-2, "inner_updates": 1, "lam": 1.0, "proximal_step": 0.1, "curvature": "fisher"},
-    },
-}
+FAMILIES = ("ngrl/Navigation2D-v0", "ngrl/CartPoleDynamics-v0", "ngrl/HalfCheetahVel-v0")  # HalfCheetahVel: gymnasium[mujoco]
+SHARED_KEYS = ("policy_kwargs", "meta_batch_size", "n_steps", "gamma", "inner_algo", "inner_kwargs")
 META = {"reptile": Reptile, "fomaml": FOMAML, "imaml": IMAML}
 # variants of a method: its family settings with these changes
 VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
@@ -102,12 +81,22 @@ def _evaluate(model: Any, tasks: list[dict[str, float]], seed: int) -> dict[int,
 ERNN_POLICY = {"cell": "ernn", "hidden_size": 64, "net_arch": [64]}
 
 
-def adaptation_run(env_id: str, seed: int, budget: int, n_tasks: int, methods: list[str], policy: str = "mlp") -> dict[str, Any]:
-    cfg = FAMILIES[env_id]
-    common = dict(cfg["common"])
-    policy_name = "MlpPolicy"
+def method_config(method: str, env_id: str, overrides: dict[str, dict[str, Any]], policy: str = "mlp") -> dict[str, Any]:
+    """``method``'s constructor arguments on ``env_id``: its config block, then ``overrides`` (``common`` first)."""
+    params = train.load_hyperparams(method, env_id, {**overrides.get("common", {}), **overrides.get(method, {})})
+    for key in ("n_timesteps", "policy"):
+        params.pop(key, None)
     if policy == "ernn":
-        policy_name, common["policy_kwargs"] = "MlpErnnPolicy", dict(ERNN_POLICY)
+        params["policy_kwargs"] = dict(ERNN_POLICY)
+    return train.constructor_kwargs(params)
+
+
+def adaptation_run(env_id: str, seed: int, budget: int, n_tasks: int, methods: list[str], policy: str = "mlp",
+                   overrides: dict[str, dict[str, Any]] | None = None) -> dict[str, Any]:
+    overrides = overrides or {}
+    cfg = {name: method_config(name, env_id, overrides, policy) for name in META}
+    common = {key: cfg["reptile"][key] for key in SHARED_KEYS if key in cfg["reptile"]}
+    policy_name = "MlpErnnPolicy" if policy == "ernn" else "MlpPolicy"
     tasks = held_out_tasks(env_id, n_tasks, seed=100_000 + seed)
     eval_seed = 200_000 + seed
     out: dict[str, Any] = {"tasks": tasks, "methods": {}}
@@ -115,21 +104,21 @@ def adaptation_run(env_id: str, seed: int, budget: int, n_tasks: int, methods: l
         start = time.perf_counter()
         if name in VARIANTS:
             base, changes = VARIANTS[name]
-            model = META[base](policy_name, env_id, seed=seed, **common, **{**cfg[base], **changes})
+            model = META[base](policy_name, env_id, seed=seed, **{**cfg[base], **changes})
             model.learn(budget)
             steps = model.num_timesteps
         elif name in META:
-            model = META[name](policy_name, env_id, seed=seed, **common, **cfg[name])
+            model = META[name](policy_name, env_id, seed=seed, **cfg[name])
             model.learn(budget)
             steps = model.num_timesteps
         else:
-            model = Reptile(policy_name, env_id, seed=seed, **common, **cfg["reptile"])  # untrained: an evaluator
+            model = Reptile(policy_name, env_id, seed=seed, **cfg["reptile"])  # untrained: an evaluator
             steps = 0
             if name == "joint":
                 n_envs = common["meta_batch_size"]
                 venv = make_vec_env(env_id, n_envs=n_envs, seed=seed, wrapper_class=TaskResampling)
-                joint = NPG(policy_name, venv, n_steps=common["n_steps"], gamma=common["gamma"], seed=seed,
-                            policy_kwargs=common["policy_kwargs"], **common["inner_kwargs"])
+                joint = NPG(policy_name, venv, n_steps=common["n_steps"], gamma=common.get("gamma", 0.99), seed=seed,
+                            policy_kwargs=common["policy_kwargs"], **common.get("inner_kwargs", {}))
                 joint.learn(budget)
                 steps = joint.num_timesteps
                 model.policy.load_state_dict(joint.policy.state_dict())
@@ -196,30 +185,32 @@ def main() -> None:
     parser.add_argument("--memory-steps", type=int, nargs="+", default=[1, 5, 20])
     parser.add_argument("--memory-n-steps", type=int, default=500)
     parser.add_argument("--policy", choices=["mlp", "ernn"], default="mlp",
-                        help="policy of every method: the MLP of FAMILIES, or an ERNN policy (ERNN_POLICY)")
+                        help="policy of every method: the MLP of configs/<method>.yml, or an ERNN policy (ERNN_POLICY)")
     parser.add_argument("--set", nargs="+", default=[], metavar="METHOD.KEY=VALUE",
                         help="override a method's setting in every family, e.g. fomaml.meta_step=natural (VALUE is parsed as YAML)")
     parser.add_argument("--tag", default="", help="suffix of the result files")
     args = parser.parse_args()
+    overrides: dict[str, dict[str, Any]] = {}
     for item in args.set:
         key, _, value = item.partition("=")
         method, _, name = key.partition(".")
         if not value or not name or method not in ("common", *META):
             parser.error(f"--set takes METHOD.KEY=VALUE with METHOD one of common, {', '.join(META)}; got {item!r}")
-        for family in FAMILIES.values():
-            family[method][name] = yaml.safe_load(value)
+        overrides.setdefault(method, {})[name] = yaml.safe_load(value)
     torch.set_num_threads(1)
     RESULTS.mkdir(parents=True, exist_ok=True)
     meta = {"torch": torch.__version__, "python": platform.python_version(), "machine": platform.machine(),
             "command": " ".join(sys.argv), "threads": 1}
     if args.part in ("adaptation", "both"):
         results: dict[str, Any] = {**meta, "policy": args.policy, "budget": args.budget, "seeds": args.seeds, "updates": list(UPDATES),
-                                   "configs": {f: FAMILIES[f] for f in args.families}, "families": {}}
+                                   "configs": {f: {m: train.load_hyperparams(m, f, {**overrides.get("common", {}), **overrides.get(m, {})})
+                                                   for m in META} for f in args.families},
+                                   "overrides": overrides, "families": {}}
         for env_id in args.families:
             results["families"][env_id] = {}
             for seed in args.seeds:
                 results["families"][env_id][str(seed)] = adaptation_run(
-                    env_id, seed, args.budget, args.n_tasks, args.methods, args.policy
+                    env_id, seed, args.budget, args.n_tasks, args.methods, args.policy, overrides
                 )
                 (RESULTS / f"meta{args.tag}.json").write_text(json.dumps(results, indent=1))
         print("\nAverage return on held-out tasks (mean ± std over seeds of the mean over tasks):")

@@ -46,7 +46,7 @@ sys.path.insert(0, str(ROOT))
 THRESHOLDS = {"CartPole-v1": 475.0, "Acrobot-v1": -100.0, "LunarLander-v3": 200.0, "MountainCar-v0": -110.0}
 
 # rl-baselines3-zoo 2.x hyperparams/dqn.yml. CartPole's exploration_fraction 0.16 of the zoo's 50k steps
-# is 8k steps: 0.08 keeps that within a 100k budget (as in ../shared/BASELINES.md).
+# is 8k steps: 0.08 keeps that within a 100k budget.
 DQN_ZOO: dict[str, dict[str, Any]] = {
     "CartPole-v1": dict(
         learning_rate=2.3e-3, batch_size=64, buffer_size=100_000, learning_starts=1000, gamma=0.99,
@@ -72,23 +72,19 @@ DQN_ZOO: dict[str, dict[str, Any]] = {
 RUN_KEYS = ("n_timesteps", "policy", "n_envs", "normalize")
 
 
-def linear_schedule(value: Any) -> Any:
-    """'lin_0.6' → η(progress_remaining) = 0.6 · progress_remaining (rl-zoo's notation, as train.py reads it)."""
-    if isinstance(value, str) and value.startswith("lin_"):
-        start = float(value[4:])
-        return lambda progress_remaining: start * progress_remaining
-    return value
-
-
 def ngdqn_config(env_id: str) -> dict[str, Any]:
-    """NGDQN's entry in configs/ngdqn.yml (the env's block, else ``default:``), without the run keys."""
-    table = yaml.safe_load((ROOT / "configs" / "ngdqn.yml").read_text())
-    config = dict(table.get(env_id, table.get("default", {})))
+    """NGDQN's entry in configs/ngdqn.yml (the env's block, else ``default:``) as `train.py` reads it, without the run keys."""
+    import train  # the configuration layer
+
+    config = train.load_hyperparams("ngdqn", env_id, {})
     return {k: v for k, v in config.items() if k not in RUN_KEYS}
 
 
 def _with_schedules(config: dict[str, Any]) -> dict[str, Any]:
-    return {k: linear_schedule(v) if k == "learning_rate" else v for k, v in config.items()}
+    """'lin_0.6' → a linear schedule (rl-zoo's notation), as train.py builds it."""
+    import train
+
+    return train.constructor_kwargs(config)
 
 
 def make_algo(algo: str, env_id: str, venv, seed: int, overrides: dict[str, Any]):
@@ -99,7 +95,7 @@ def make_algo(algo: str, env_id: str, venv, seed: int, overrides: dict[str, Any]
     if algo == "ngdqn":
         return NGDQN("MlpPolicy", venv, seed=seed, device="cpu", **_with_schedules({**ngdqn_config(env_id), **overrides}))
     if algo == "ngdqn-target":  # the same NGDQN with DQN's target network, refreshed every 500 steps
-        config = {**ngdqn_config(env_id), "target_update_interval": 500, **overrides}
+        config = {**ngdqn_config(env_id), "target_network": True, "target_update_interval": 500, **overrides}
         return NGDQN("MlpPolicy", venv, seed=seed, device="cpu", **_with_schedules(config))
     config = dict(DQN_ZOO[env_id])
     if algo == "dqn":

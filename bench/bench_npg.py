@@ -2,9 +2,10 @@
 
     python bench/bench_npg.py fvp                       # micro-benchmark (about a minute)
     python bench/bench_npg.py update                    # one update, NPG and TRPO alternating
+    python bench/bench_npg.py precond                   # CG iterations per preconditioner (a few minutes)
     python bench/bench_npg.py learn --seeds 0 1 2       # learning table (tens of minutes on 2 cores)
 
-Learning protocol (as in ../shared/BASELINES.md): rl-baselines3-zoo hyper-parameters for TRPO and
+Learning protocol (the one our team's baseline measurements of SB3/sb3-contrib used): rl-baselines3-zoo hyper-parameters for TRPO and
 PPO, ngrl's configs/npg.yml for NPG; a separate evaluation env, 10 deterministic episodes every 5k
 steps; "steps to threshold" is the first evaluation at or above it; training seconds exclude the
 evaluations; one torch thread per run. Results go to bench/results/*.json.
@@ -24,13 +25,13 @@ from typing import Any
 import gymnasium as gym
 import numpy as np
 import torch
-import yaml
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # agents, ngrl and train.py (the configuration layer) from this checkout
 RESULTS = ROOT / "bench" / "results"
 THRESHOLDS = {"CartPole-v1": 475.0, "Acrobot-v1": -100.0, "Pendulum-v1": -200.0}
 
-# rl-baselines3-zoo's tuned entries (hyperparams/trpo.yml and ppo.yml), as BASELINES.md used them.
+# rl-baselines3-zoo's tuned entries (hyperparams/trpo.yml and ppo.yml).
 ZOO = {
     "trpo": {
         "CartPole-v1": dict(n_envs=2, n_steps=512, batch_size=512, cg_damping=1e-3, gae_lambda=0.98, gamma=0.99,
@@ -49,19 +50,13 @@ ZOO = {
 
 
 def hyperparams(algo: str, env_id: str) -> dict[str, Any]:
-    if algo == "npg":
-        table = yaml.safe_load((ROOT / "configs" / "npg.yml").read_text())
-        params = dict(table.get(env_id, table["default"]))
-    else:
-        params = dict(ZOO[algo][env_id])
+    """NPG: its block of configs/npg.yml, read as `train.py train` reads it; TRPO, PPO: the zoo's entries above."""
+    import train  # the configuration layer
+
+    params = train.load_hyperparams("npg", env_id, {}) if algo == "npg" else dict(ZOO[algo][env_id])
     params.pop("n_timesteps", None)
     params.pop("policy", None)
-    for key in ("learning_rate", "clip_range"):
-        value = params.get(key)
-        if isinstance(value, str) and value.startswith("lin_"):
-            start = float(value[4:])
-            params[key] = lambda progress, start=start: progress * start
-    return params
+    return train.constructor_kwargs(params)
 
 
 def algo_class(algo: str):
@@ -305,6 +300,112 @@ def cmd_fvp(args: argparse.Namespace) -> None:
     print(f"wrote {out}")
 
 
+# --- CG preconditioners -----------------------------------------------------------------------
+
+
+def precond_case(name: str, obs_dim: int, action_space: gym.Space, net_arch: list[int], n_states: int, damping: float,
+                 head_gain: float, max_iter: int, threshold: float) -> dict[str, Any]:
+    """CG iterations each preconditioner needs to reach cosine ≥ ``threshold`` to the exact (F + λI)⁻¹g.
+
+    float64 throughout. F is the exact Fisher of an SB3 policy on ``n_states`` random states, g a policy
+    gradient mean(∇log π(a|s)·Â) with sampled actions and standard-normal Â. SB3 initialises the action
+    head with gain 0.01 (a near-uniform policy); ``head_gain`` multiplies it (100: gain 1, a policy with
+    decided actions, as after training). The reference is a dense solve where F fits in memory, else
+    CG preconditioned by KFAC run to a relative residual ≤ 1e-10.
+    """
+    from stable_baselines3 import PPO
+
+    from ngrl import CGConfig, flat_grad
+    from ngrl.fisher import actor_parameters, kfac_from_linearization, policy_distribution, policy_fisher
+    from ngrl.fisher.policy import ActorOutputs
+
+    torch.set_num_threads(1)
+    obs_space = gym.spaces.Box(-np.inf, np.inf, (obs_dim,), dtype=np.float32)
+    policy = PPO("MlpPolicy", _SpacesEnv(obs_space, action_space), policy_kwargs=dict(net_arch=net_arch), seed=0,
+                 device="cpu").policy.to(torch.float64)
+    with torch.no_grad():
+        policy.action_net.weight.mul_(head_gain)
+    generator = torch.Generator().manual_seed(0)
+    obs = torch.randn(n_states, obs_dim, generator=generator, dtype=torch.float64)
+    family, params = policy_distribution(policy), actor_parameters(policy)
+    outputs = ActorOutputs(policy)(obs)
+    with torch.no_grad():
+        actions = family.sample(outputs, generator)
+    advantages = torch.randn(n_states, generator=generator, dtype=torch.float64)
+    gradient = flat_grad((family.log_prob(outputs, actions) * advantages).mean(), params)
+
+    fisher = policy_fisher(policy, obs, damping=damping)  # F + λI, exact
+    n = fisher.num_params
+    lin = fisher.linearization
+    kfac = kfac_from_linearization(lin, family.fisher_sqrt(lin.outputs), params, damping)
+    start = time.perf_counter()
+    if n <= 8000:
+        exact = torch.linalg.solve(fisher.dense(max_params=8000), gradient)
+        reference = "dense solve"
+    else:
+        solve = CGConfig(max_iter=5000, tol=1e-10).solve(fisher.mv, gradient, preconditioner=kfac.solve)
+        assert solve.converged, solve.message
+        exact, reference = solve.x, f"CG to residual {solve.residual_norm:.1e} ({solve.iterations} it.)"
+    reference_s = time.perf_counter() - start
+
+    def cosine(x: torch.Tensor) -> float:
+        return float(torch.dot(x, exact) / (x.norm() * exact.norm()))
+
+    build = {
+        "none": lambda: None,
+        "diagonal": lambda: fisher.diagonal(),
+        "kfac": lambda: kfac_from_linearization(lin, family.fisher_sqrt(lin.outputs), params, damping).solve,
+    }
+    kfac_matrix = policy_fisher(policy, obs, estimator="kfac", damping=damping)
+    result: dict[str, Any] = {"case": name, "actor_params": n, "states": n_states, "damping": damping, "head_gain": head_gain,
+                              "reference": reference,
+                              "reference_s": reference_s, "threshold": threshold}
+    for kind, make in build.items():
+        t0 = time.perf_counter()
+        preconditioner = make()
+        if callable(preconditioner):
+            preconditioner(gradient)  # KFAC factors its blocks on first use
+        setup_ms = (time.perf_counter() - t0) * 1000
+        needed, cosines = None, []
+        for k in range(1, max_iter + 1):
+            x = CGConfig(max_iter=k, tol=0.0).solve(fisher.mv, gradient, preconditioner=preconditioner).x
+            cosines.append(cosine(x))
+            if needed is None and cosines[-1] >= threshold:
+                needed = k
+            if needed is not None and k >= 15:
+                break
+        result[kind] = {"iterations_to_threshold": needed, "cosine_at_5": cosines[4] if len(cosines) > 4 else None,
+                        "cosine_at_15": cosines[14] if len(cosines) > 14 else None, "setup_ms": setup_ms}
+    # fisher_estimator="kfac" before the split: CG on the KFAC matrix itself, preconditioned by its own inverse
+    x = CGConfig(max_iter=15, tol=1e-10).solve(kfac_matrix.mv, gradient, preconditioner=kfac_matrix.solve).x
+    result["kfac_matrix_cosine_at_15"] = cosine(x)
+    return result
+
+
+def cmd_precond(args: argparse.Namespace) -> None:
+    policies = [
+        ("64-64 tanh, 4 obs → Discrete(2)", 4, gym.spaces.Discrete(2), [64, 64]),
+        ("256-256 tanh, 17 obs → Box(6)", 17, gym.spaces.Box(-1, 1, (6,), dtype=np.float32), [256, 256]),
+    ]
+    cases = [
+        precond_case(name, obs_dim, space, arch, args.states, damping, gain, args.max_iter, args.threshold)
+        for damping in args.damping for gain in args.head_gain for name, obs_dim, space, arch in policies
+    ]
+    print(f"CG iterations to cosine ≥ {args.threshold} with the exact (F + λI)⁻¹g, {args.states} states, float64")
+    print("| policy | head gain | λ | none | diagonal | kfac | cosine at 15 it. (none / diagonal / kfac) | KFAC matrix, self-preconditioned: cosine at 15 |")
+    print("|---|---|---|---|---|---|---|---|")
+    for c in cases:
+        iters = [c[k]["iterations_to_threshold"] for k in ("none", "diagonal", "kfac")]
+        text = [str(i) if i is not None else f"> {args.max_iter}" for i in iters]
+        cos15 = " / ".join(f"{c[k]['cosine_at_15']:.3f}" for k in ("none", "diagonal", "kfac"))
+        print(f"| {c['case']} | {0.01 * c['head_gain']:g} | {c['damping']:g} | {text[0]} | {text[1]} | {text[2]} | {cos15} | "
+              f"{c['kfac_matrix_cosine_at_15']:.3f} |")
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    out = RESULTS / "npg_precond.json"
+    out.write_text(json.dumps({"command": " ".join(sys.argv), "cases": cases}, indent=1))
+    print(f"wrote {out}")
+
+
 # --- one update, interleaved -------------------------------------------------------------------
 
 
@@ -368,6 +469,13 @@ def main() -> None:
     fvp.add_argument("--states", type=int, default=2048)
     fvp.add_argument("--repeats", type=int, default=20)
     fvp.set_defaults(handler=cmd_fvp)
+    precond = commands.add_parser("precond", help="CG iterations to cosine 0.99 per preconditioner (none, diagonal, kfac)")
+    precond.add_argument("--states", type=int, default=2048)
+    precond.add_argument("--damping", type=float, nargs="+", default=[0.1, 0.001])
+    precond.add_argument("--head-gain", type=float, nargs="+", default=[1.0, 100.0])
+    precond.add_argument("--max-iter", type=int, default=60)
+    precond.add_argument("--threshold", type=float, default=0.99)
+    precond.set_defaults(handler=cmd_precond)
     update = commands.add_parser("update", help="wall time of one update, NPG and TRPO alternating")
     update.add_argument("--envs", nargs="+", default=list(THRESHOLDS))
     update.add_argument("--repeats", type=int, default=20)

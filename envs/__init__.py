@@ -13,5 +13,6 @@ from envs.task_family import ParameterTaskFamily, TaskFamily, TaskResampling, ta
 register(id="ngrl/Navigation2D-v0", entry_point="envs.navigation:Navigation2DEnv", max_episode_steps=100)
 register(id="ngrl/CartPoleDynamics-v0", entry_point="envs.dynamics:make_cartpole_dynamics", max_episode_steps=500)
 register(id="ngrl/PendulumDynamics-v0", entry_point="envs.dynamics:make_pendulum_dynamics", max_episode_steps=200)
+register(id="ngrl/TargetBandit-v0", entry_point="envs.bandit:TargetBanditEnv")  # one-step episodes
 if importlib.util.find_spec("mujoco") is not None:  # optional extra: gymnasium[mujoco]
     register(id="ngrl/HalfCheetahVel-v0", entry_point="envs.locomotion:HalfCheetahVelEnv", max_episode_steps=200)

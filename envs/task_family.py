@@ -27,7 +27,7 @@ from typing import Any
 import gymnasium as gym
 import numpy as np
 
-__all__ = ["Task", "TaskFamily", "ParameterTaskFamily", "TaskResampling", "check_task", "task_family_methods"]
+__all__ = ["Task", "TaskFamily", "ParameterTaskFamily", "TaskResampling", "check_task", "held_out_tasks", "task_family_methods"]
 
 Task = dict[str, float]
 
@@ -162,3 +162,17 @@ class TaskResampling(gym.Wrapper):
             self.env.reset(seed=seed)
         self._set_task(self._sample_tasks(1)[0])
         return self.env.reset(options=options)
+
+
+def held_out_tasks(env_id: str, n: int, seed: int, env_kwargs: Mapping[str, Any] | None = None) -> list[Task]:
+    """``n`` tasks of the family ``env_id`` drawn from a fresh env seeded with ``seed`` (use a seed training never used)."""
+    env = gym.make(env_id, **dict(env_kwargs or {}))
+    try:
+        env.reset(seed=seed)
+        try:
+            sample = env.get_wrapper_attr("sample_tasks")
+        except AttributeError as error:
+            raise ValueError(f"{env_id} is not a task family (no sample_tasks): use e.g. ngrl/Navigation2D-v0") from error
+        return sample(n)
+    finally:
+        env.close()

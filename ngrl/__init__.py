@@ -4,21 +4,25 @@ Nothing here knows about agents, environments or the command line.
 """
 
 from ngrl import fisher
-from ngrl.cg import CGResult, NotPositiveDefiniteError, conjugate_gradient
+from ngrl.cg import CGConfig, CGResult, NotPositiveDefiniteError, conjugate_gradient
 from ngrl.compatible import compatible_features, fit_compatible_advantage
 from ngrl.device import get_device
 from ngrl.ernn import ERNN, ERNNCell
 from ngrl.linearize import linearize
+from ngrl.natural_step import LineSearchConfig, NaturalStep, natural_step
 from ngrl.params import flat_grad, flatten, get_flat_params, num_params, set_flat_params, unflatten
 from ngrl.trust_region import LineSearchResult, backtracking_line_search, kl_step_size
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "CGConfig",
     "CGResult",
     "ERNN",
     "ERNNCell",
+    "LineSearchConfig",
     "LineSearchResult",
+    "NaturalStep",
     "NotPositiveDefiniteError",
     "backtracking_line_search",
     "compatible_features",
@@ -31,6 +35,7 @@ __all__ = [
     "get_flat_params",
     "kl_step_size",
     "linearize",
+    "natural_step",
     "num_params",
     "set_flat_params",
     "unflatten",

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
-__all__ = ["CGResult", "NotPositiveDefiniteError", "conjugate_gradient"]
+__all__ = ["CGConfig", "CGResult", "NotPositiveDefiniteError", "conjugate_gradient"]
 
 
 class NotPositiveDefiniteError(RuntimeError):
@@ -21,9 +22,10 @@ class CGResult:
 
     :param x: the approximate solution (on b's device and dtype)
     :param iterations: matrix-vector products spent on search directions
-    :param residual_norm: final relative residual ‖b − (A + λI)x‖ / ‖b‖
+    :param residual_norm: final relative residual ‖b − Ax‖ / ‖b‖
     :param converged: whether the relative residual reached ``tol``
-    :param status: ``"converged"``, ``"max_iter"`` or ``"not_positive_definite"``
+    :param status: ``"converged"``, ``"max_iter"``, ``"not_positive_definite"`` (a direction with pᵀAp ≤ 0) or
+        ``"singular"`` (A is singular, or nearly, along a direction that b needs: A x = b has no solution)
     :param message: a sentence saying why the solver stopped
     """
 
@@ -35,8 +37,8 @@ class CGResult:
     message: str
 
     def raise_if_not_positive_definite(self) -> "CGResult":
-        """Turn a ``not_positive_definite`` stop into :class:`NotPositiveDefiniteError`; return self otherwise."""
-        if self.status == "not_positive_definite":
+        """Turn a ``not_positive_definite`` or ``singular`` stop into :class:`NotPositiveDefiniteError`; return self otherwise."""
+        if self.status in ("not_positive_definite", "singular"):
             raise NotPositiveDefiniteError(self.message)
         return self
 
@@ -56,23 +58,30 @@ def conjugate_gradient(
     *,
     max_iter: int = 10,
     tol: float = 1e-10,
-    damping: float = 0.0,
     preconditioner: Callable[[Tensor], Tensor] | Tensor | None = None,
     x0: Tensor | None = None,
 ) -> CGResult:
-    """Solve (A + λI) x = b by (preconditioned) conjugate gradient, A given as ``matvec``.
+    """Solve A x = b by (preconditioned) conjugate gradient, A given as ``matvec``.
 
-    Hestenes–Stiefel iteration: αₖ = rₖᵀzₖ / pₖᵀ(A+λI)pₖ, xₖ₊₁ = xₖ + αₖpₖ, rₖ₊₁ = rₖ − αₖ(A+λI)pₖ,
+    Hestenes–Stiefel iteration: αₖ = rₖᵀzₖ / pₖᵀApₖ, xₖ₊₁ = xₖ + αₖpₖ, rₖ₊₁ = rₖ − αₖApₖ,
     zₖ₊₁ = M⁻¹rₖ₊₁, βₖ = rₖ₊₁ᵀzₖ₊₁ / rₖᵀzₖ, pₖ₊₁ = zₖ₊₁ + βₖpₖ. Stops at ‖r‖ ≤ tol·‖b‖ or after
-    ``max_iter`` products. If a direction has pᵀ(A+λI)p ≤ 0 the operator is not positive definite:
+    ``max_iter`` products. Damping is not the solver's business: pass a damped operator (every
+    :class:`ngrl.fisher.CurvatureOperator` takes ``damping=`` and applies C + λI). If a direction
+    has pᵀAp ≤ 0 the operator is not positive definite:
     the solver stops *before* using that direction and reports ``status="not_positive_definite"``
     (call :meth:`CGResult.raise_if_not_positive_definite` to turn it into an exception).
 
-    :param matvec: v ↦ A v for a symmetric A, on b's device and dtype
+    A singular positive semi-definite A whose range does not hold b has no solution; CG then walks
+    along directions of vanishing curvature and ‖x‖ explodes while the recursive residual looks small.
+    Two checks catch it: a direction whose Rayleigh quotient pᵀAp/pᵀp falls below 10·ε (machine
+    epsilon of b's dtype) times the first one stops the solve before it is used, and a "converged"
+    solve is confirmed on the true residual ‖b − Ax‖ (one more product). Either failure reports
+    ``status="singular"``.
+
+    :param matvec: v ↦ A v for a symmetric A (a function or an operator's ``mv``), on b's device and dtype
     :param b: right-hand side, a flat vector
     :param max_iter: the most matrix-vector products to spend
     :param tol: relative residual at which to stop
-    :param damping: λ added to the diagonal (Tikhonov / Levenberg–Marquardt damping)
     :param preconditioner: r ↦ M⁻¹r, or a strictly positive tensor holding diag(M)
     :param x0: starting point (zeros by default; the solve is then deterministic)
     """
@@ -80,13 +89,12 @@ def conjugate_gradient(
         raise ValueError(f"b must be a flat vector, got shape {tuple(b.shape)}")
     if not torch.isfinite(b).all():
         raise ValueError("the right-hand side b contains NaN or inf: check the gradient (advantages, rewards, losses) upstream")
-    if max_iter < 1:
-        raise ValueError("max_iter must be at least 1")
+    if isinstance(max_iter, bool) or not isinstance(max_iter, int) or max_iter < 1:
+        raise ValueError(f"max_iter must be an integer >= 1, got {max_iter!r}")
+    if not (isinstance(tol, (int, float)) and math.isfinite(tol) and tol >= 0):
+        raise ValueError(f"tol must be a finite number >= 0, got {tol!r}")
 
-    def apply(v: Tensor) -> Tensor:
-        out = matvec(v)
-        return out + damping * v if damping else out
-
+    apply = matvec
     precondition = _as_preconditioner(preconditioner)
     b_norm = float(torch.linalg.vector_norm(b))
     if b_norm == 0.0:
@@ -105,26 +113,74 @@ def conjugate_gradient(
     if residual <= tol:
         return CGResult(x, 0, residual, True, "converged", "x0 already solves the system")
 
+    singular_below = 10.0 * torch.finfo(b.dtype).eps
+    first_quotient = None
     for iteration in range(1, max_iter + 1):
         ap = apply(p)
         p_ap = torch.dot(p, ap)
         # One host sync per iteration: the curvature check and the stopping test read together.
-        curvature, rz_value = torch.stack([p_ap, rz]).tolist()
+        curvature, p_norm2 = torch.stack([p_ap, torch.dot(p, p)]).tolist()
         if not curvature > 0.0 or not torch.isfinite(ap).all():
             message = (
-                f"conjugate gradient met pᵀ(A + {damping:g}·I)p = {curvature:.3g} ≤ 0 at iteration {iteration}: "
+                f"conjugate gradient met pᵀAp = {curvature:.3g} ≤ 0 at iteration {iteration}: "
                 "the operator is not positive definite (or produced NaN). Increase the damping, or use a "
                 "positive semi-definite curvature such as the Fisher / Gauss–Newton matrix."
             )
             return CGResult(x, iteration - 1, residual, False, "not_positive_definite", message)
+        quotient = curvature / p_norm2  # the Rayleigh quotient of this direction
+        first_quotient = quotient if first_quotient is None else first_quotient
+        if quotient < singular_below * first_quotient:
+            return CGResult(x, iteration - 1, residual, False, "singular", _singular_message(iteration, quotient / first_quotient))
         alpha = rz / p_ap
         x = x + alpha * p
         r = r - alpha * ap
         residual = float(torch.linalg.vector_norm(r)) / b_norm
         if residual <= tol:
+            true_residual = float(torch.linalg.vector_norm(b - apply(x))) / b_norm
+            if not true_residual <= max(10.0 * tol, singular_below):
+                message = (f"the recursive residual reached {residual:.3g} but the true one is {true_residual:.3g} with "
+                           f"‖x‖ = {float(torch.linalg.vector_norm(x)):.3g}: " + _singular_message(iteration, None))
+                return CGResult(x, iteration, true_residual, False, "singular", message)
             return CGResult(x, iteration, residual, True, "converged", f"relative residual {residual:.3g} ≤ tol {tol:g}")
         z = precondition(r) if precondition else r
         rz_next = torch.dot(r, z)
         p = z + (rz_next / rz) * p
         rz = rz_next
     return CGResult(x, max_iter, residual, False, "max_iter", f"stopped after {max_iter} iterations at relative residual {residual:.3g}")
+
+
+def _singular_message(iteration: int, ratio: float | None) -> str:
+    where = f" (pᵀAp/pᵀp fell to {ratio:.3g} of its first value at iteration {iteration})" if ratio is not None else ""
+    return (
+        f"the operator is singular, or nearly, along a direction the right-hand side needs{where}, so A x = b has no "
+        "solution. Add damping (e.g. cg_damping > 0) to make the operator positive definite."
+    )
+
+
+@dataclass(frozen=True)
+class CGConfig:
+    """How every natural step of ngrl runs conjugate gradient (one object shared by all callers).
+
+    :param max_iter: the most matrix-vector products to spend
+    :param tol: relative residual ‖b − Ax‖/‖b‖ at which to stop early
+    """
+
+    max_iter: int = 10
+    tol: float = 1e-10
+
+    def __post_init__(self) -> None:
+        if isinstance(self.max_iter, bool) or not isinstance(self.max_iter, int) or self.max_iter < 1:
+            raise ValueError(f"CG max_iter must be an integer >= 1, got {self.max_iter!r}")
+        if not (math.isfinite(self.tol) and self.tol >= 0):
+            raise ValueError(f"CG tol must be >= 0, got {self.tol!r}")
+
+    def solve(
+        self,
+        matvec: Callable[[Tensor], Tensor],
+        b: Tensor,
+        *,
+        preconditioner: Callable[[Tensor], Tensor] | Tensor | None = None,
+        x0: Tensor | None = None,
+    ) -> CGResult:
+        """:func:`conjugate_gradient` with this configuration."""
+        return conjugate_gradient(matvec, b, max_iter=self.max_iter, tol=self.tol, preconditioner=preconditioner, x0=x0)

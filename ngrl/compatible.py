@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from ngrl.cg import CGResult, conjugate_gradient
+from ngrl.cg import CGConfig, CGResult
 from ngrl.fisher.operator import GaussNewtonOperator
 from ngrl.linearize import Linearization
 from ngrl.params import flatten
@@ -59,5 +59,7 @@ def fit_compatible_advantage(
         residual = float(torch.linalg.vector_norm(gram @ w - rhs) / torch.linalg.vector_norm(rhs).clamp_min(1e-30))
         return CGResult(w, 0, residual, True, "converged", "solved directly (Cholesky)")
     weighted_score = score * (omega * n).sqrt().unsqueeze(-1)
-    operator = GaussNewtonOperator(linearization, lambda u: weighted_score * (weighted_score * u).sum(-1, keepdim=True))
-    return conjugate_gradient(operator.mv, rhs, max_iter=cg_max_iter, tol=cg_tol, damping=ridge)
+    operator = GaussNewtonOperator(
+        linearization, lambda u: weighted_score * (weighted_score * u).sum(-1, keepdim=True), damping=ridge
+    )  # ΨᵀΩΨ + ridge·I
+    return CGConfig(max_iter=cg_max_iter, tol=cg_tol).solve(operator.mv, rhs)

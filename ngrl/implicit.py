@@ -13,7 +13,8 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import Tensor
 
-from ngrl.cg import CGResult, conjugate_gradient
+from ngrl.cg import CGConfig, CGResult
+from ngrl.fisher.operator import CurvatureOperator, MatvecOperator, ScaledOperator
 from ngrl.params import flatten, unflatten
 
 __all__ = ["hessian_vector_product", "implicit_meta_gradient", "proximal_shrink"]
@@ -41,7 +42,7 @@ def hessian_vector_product(loss: Tensor, params: Sequence[Tensor]) -> Callable[[
 
 
 def implicit_meta_gradient(
-    curvature_mv: Callable[[Tensor], Tensor],
+    curvature_mv: CurvatureOperator | Callable[[Tensor], Tensor],
     test_gradient: Tensor,
     *,
     lam: float,
@@ -55,8 +56,8 @@ def implicit_meta_gradient(
     gradient; may be indefinite away from a minimum) or a PSD stand-in such as the Fisher or the
     Gauss–Newton matrix (then I + C/λ is always positive definite).
 
-    :param curvature_mv: v ↦ C v on flat vectors (e.g. :func:`hessian_vector_product` or a
-        :class:`ngrl.fisher.CurvatureOperator`'s ``mv`` built without damping)
+    :param curvature_mv: C as a :class:`ngrl.fisher.CurvatureOperator` (built without damping), or
+        v ↦ C v on flat vectors (e.g. :func:`hessian_vector_product`)
     :param test_gradient: ∇_φ L_test(φ), flat
     :param lam: λ > 0, the strength of the proximal term (λ/2)‖φ − θ‖² of the inner problem
     :param max_iter: CG iterations (5–20 suffice in practice)
@@ -68,9 +69,9 @@ def implicit_meta_gradient(
     """
     if not lam > 0:
         raise ValueError(f"lam (the proximal strength λ) must be positive, got {lam}")
-    inverse_lam = 1.0 / lam
-    # (I + C/λ) v = C v / λ + 1·v: the identity enters as CG's damping.
-    return conjugate_gradient(lambda v: curvature_mv(v) * inverse_lam, test_gradient, max_iter=max_iter, tol=tol, damping=1.0, x0=x0)
+    curvature = curvature_mv if isinstance(curvature_mv, CurvatureOperator) else MatvecOperator(curvature_mv, [test_gradient])
+    system = ScaledOperator(curvature, 1.0 / lam, damping=1.0)  # I + C/λ, an operator like any other
+    return CGConfig(max_iter=max_iter, tol=tol).solve(system.mv, test_gradient, x0=x0)
 
 
 def proximal_shrink(phi: Tensor, theta: Tensor, *, lam: float, step: float) -> Tensor:

@@ -10,16 +10,18 @@ __all__ = ["kl_step_size", "LineSearchResult", "backtracking_line_search"]
 
 
 def kl_step_size(quadratic_form: float, max_kl: float) -> float:
-    """Largest α with ½α²·wᵀFw = δ, i.e. α = sqrt(2δ / wᵀFw) (Kakade 2002; Schulman et al. 2015, App. C).
+    """Largest α with ½α²·wᵀAw = δ, i.e. α = sqrt(2δ / wᵀAw) (Kakade 2002; Schulman et al. 2015, App. C).
 
-    :param quadratic_form: wᵀFw for the natural direction w
+    Used by :func:`ngrl.natural_step`, where A is the damped operator F + λI the direction was solved with.
+
+    :param quadratic_form: wᵀAw for the natural direction w
     :param max_kl: the trust-region radius δ (a KL divergence in nats)
     """
-    if max_kl <= 0:
-        raise ValueError(f"max_kl must be positive, got {max_kl}")
+    if not (math.isfinite(max_kl) and max_kl > 0):
+        raise ValueError(f"max_kl (the trust-region radius δ) must be a positive finite number, got {max_kl}")
     if not math.isfinite(quadratic_form) or quadratic_form <= 0:
         raise ValueError(
-            f"wᵀFw = {quadratic_form:.3g} is not positive: the Fisher is degenerate along the step. "
+            f"wᵀ(F + λI)w = {quadratic_form:.3g} is not positive: the Fisher is degenerate along the step. "
             "Add damping (cg_damping) or check the policy for saturated outputs."
         )
     return math.sqrt(2.0 * max_kl / quadratic_form)

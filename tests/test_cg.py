@@ -3,7 +3,8 @@
 import pytest
 import torch
 
-from ngrl import NotPositiveDefiniteError, conjugate_gradient
+from ngrl import CGConfig, NotPositiveDefiniteError, conjugate_gradient
+from ngrl.fisher import MatvecOperator
 
 TOLERANCE = {torch.float64: 1e-9, torch.float32: 1e-4}
 
@@ -27,12 +28,22 @@ def test_matches_dense_solve(dtype):
     assert result.residual_norm <= (1e-12 if dtype == torch.float64 else 1e-6)
 
 
-def test_damping_solves_shifted_system():
+def test_damped_operator_solves_shifted_system():
+    # Damping lives in the operator: CG itself has no damping argument.
     a = spd_matrix(15, torch.float64)
     b = torch.randn(15, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
-    result = conjugate_gradient(lambda v: a @ v, b, max_iter=50, damping=0.7)
+    operator = MatvecOperator(lambda v: a @ v, [b], damping=0.7)
+    result = CGConfig(max_iter=50).solve(operator.mv, b)
     expected = torch.linalg.solve(a + 0.7 * torch.eye(15, dtype=torch.float64), b)
     assert torch.allclose(result.x, expected, atol=1e-9)
+    with pytest.raises(TypeError):
+        conjugate_gradient(lambda v: a @ v, b, damping=0.7)
+
+
+@pytest.mark.parametrize("kwargs", [dict(max_iter=0), dict(max_iter=2.5), dict(tol=-1.0)])
+def test_cg_config_rejects_bad_values(kwargs):
+    with pytest.raises(ValueError):
+        CGConfig(**kwargs)
 
 
 def test_exact_in_n_steps_and_reports_iterations():
@@ -102,3 +113,32 @@ def test_runs_on_cuda():
     result = conjugate_gradient(lambda v: a @ v, b, max_iter=100, tol=1e-12)
     assert result.x.device.type == "cuda"
     assert torch.allclose(result.x, torch.linalg.solve(a, b), atol=1e-8)
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(tol=float("nan")), "tol"), (dict(tol=-1.0), "tol"), (dict(tol=float("inf")), "tol"),
+    (dict(max_iter=0), "max_iter"), (dict(max_iter=2.5), "max_iter"),
+])
+def test_bad_arguments_are_refused(kwargs, match):
+    a = torch.eye(3, dtype=torch.float64)
+    with pytest.raises(ValueError, match=match):
+        conjugate_gradient(lambda v: a @ v, torch.ones(3, dtype=torch.float64), **kwargs)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_a_singular_system_without_a_solution_is_reported(dtype):
+    """A PSD matrix of rank 2 in R⁴ and b outside its range: no x solves Ax = b; CG must say so, not return a huge x."""
+    torch.manual_seed(0)
+    basis = torch.linalg.qr(torch.randn(4, 4, dtype=torch.float64))[0]
+    a = (basis[:, :2] * torch.tensor([3.0, 0.5], dtype=torch.float64)) @ basis[:, :2].T
+    b = basis[:, 0] + basis[:, 3]  # a component in the null space
+    a, b = a.to(dtype), b.to(dtype)
+    result = conjugate_gradient(lambda v: a @ v, b, max_iter=20, tol=1e-10)
+    assert result.status == "singular" and not result.converged and "damping" in result.message
+    with pytest.raises(NotPositiveDefiniteError, match="singular"):
+        result.raise_if_not_positive_definite()
+    # the same matrix with b inside its range is solved, and with damping every b is
+    inside = conjugate_gradient(lambda v: a @ v, (basis[:, 0] + basis[:, 1]).to(dtype), max_iter=20, tol=1e-5)
+    assert inside.status == "converged"
+    damped = conjugate_gradient(lambda v: a @ v + 0.1 * v, b, max_iter=20, tol=1e-5)
+    assert damped.status == "converged"

@@ -1,7 +1,5 @@
 """The two routes to the natural gradient agree: CG on F, and compatible function approximation."""
 
-import gymnasium as gym
-import numpy as np
 import pytest
 import torch
 
@@ -9,7 +7,7 @@ from ngrl import conjugate_gradient, fit_compatible_advantage
 from ngrl.compatible import compatible_features
 from ngrl.fisher import ActorOutputs, policy_distribution, policy_fisher, policy_linearization
 from ngrl.params import flatten
-from tests.conftest import ACTION_SPACES, enumerate_actions, score_jacobian, tiny_policy
+from tests.conftest import ACTION_SPACES, score_jacobian, tiny_policy
 
 
 def test_compatible_features_are_per_sample_scores(states):

@@ -10,7 +10,7 @@ from stable_baselines3.common.policies import ActorCriticPolicy
 from ngrl.fisher import ActorOutputs, actor_parameters, gauss_newton, policy_distribution, policy_fisher
 from ngrl.fisher.distributions import Bernoulli, Categorical, DiagGaussian, MultiCategorical
 from ngrl.linearize import ConcatLinearization, FunctionalLinearization, MLPChainLinearization
-from ngrl.params import flatten, get_flat_params, unflatten
+from ngrl.params import get_flat_params, unflatten
 from tests.conftest import ACTION_SPACES, SB3Distribution, enumerated_fisher, kl_hessian, score_jacobian, tiny_policy
 
 FINITE = ["discrete", "multidiscrete", "multibinary"]

@@ -1,7 +1,6 @@
 """KFAC: exact where its independence assumption holds, and a correct Kronecker inverse."""
 
 import gymnasium as gym
-import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -88,3 +87,11 @@ def test_kfac_is_a_good_preconditioner(states):
     assert plain.converged and preconditioned.converged
     assert preconditioned.iterations < plain.iterations
     assert torch.allclose(preconditioned.x, plain.x, rtol=1e-4, atol=1e-6)
+
+
+def test_kfac_without_damping_on_singular_factors_says_what_to_do():
+    from ngrl.fisher.kfac import KroneckerBlock
+
+    block = KroneckerBlock(torch.zeros(2, 2, dtype=torch.float64), torch.zeros(3, 3, dtype=torch.float64), has_bias=False)
+    with pytest.raises(ValueError, match="damping"):
+        block.solve(torch.ones(6, dtype=torch.float64), 0.0)

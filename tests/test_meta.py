@@ -17,6 +17,7 @@ from agents.meta import VPG
 from agents.meta.maml import maml_meta_gradient
 from agents.meta.memory import SavedTensorMeter
 from agents.npg import NPG
+from agents.policy_gradient import PolicyGradientBatch
 from ngrl import get_flat_params
 from ngrl.fisher import actor_parameters
 
@@ -57,8 +58,11 @@ def test_reptile_update_formula(inner_algo):
     assert all((phi - theta).norm() > 1e-4 for phi in phis)  # the inner loop moved
     assert (phis[0] - phis[1]).norm() > 1e-5  # to different places for different tasks
     new, new_v = _split(model)
-    torch.testing.assert_close(new, theta + eps * (torch.stack(phis).mean(0) - theta), rtol=0, atol=1e-6)
-    torch.testing.assert_close(new_v, theta_v + kappa * (torch.stack(phis_v).mean(0) - theta_v), rtol=0, atol=1e-6)
+    theta, theta_v, phis, phis_v = theta.double(), theta_v.double(), torch.stack(phis).double(), torch.stack(phis_v).double()
+    torch.testing.assert_close(new.double(), theta + eps * (phis.mean(0) - theta), rtol=0, atol=1e-6)
+    torch.testing.assert_close(new_v.double(), theta_v + kappa * (phis_v.mean(0) - theta_v), rtol=0, atol=1e-6)
+    wrong_way = theta - eps * (phis.mean(0) - theta)  # this comparison has teeth: the reversed step is far away
+    assert (new.double() - wrong_way).abs().max() > 1e-4
 
 
 def _independent_policy_gradient(learner):
@@ -86,6 +90,10 @@ def test_fomaml_update_formula(env_id):
     new, _ = _split(model)
     torch.testing.assert_close(new, theta - beta * gradients.mean(0), rtol=0, atol=1e-6)
     assert gradients.norm() > 1e-3
+    if env_id == NAV:  # and in float64 from the stored test rollouts, with no SB3 or ngrl code in the loop
+        reference = torch.stack([_float64_test_gradient(learner) for learner in model._learners]).mean(0)
+        torch.testing.assert_close(new.double(), theta.double() - beta * reference, rtol=0, atol=1e-6)
+        assert (beta * reference).abs().max() > 1e-4  # the step is far larger than the tolerance
 
 
 @pytest.mark.parametrize("cls", [FOMAML, IMAML])
@@ -98,9 +106,9 @@ def test_natural_meta_step_is_the_trust_region_natural_gradient(cls, monkeypatch
     captured = {}
     original = cls._natural_meta_step
 
-    def spy(self, learners, rollouts, meta_gradient):
-        captured.update(rollouts=list(rollouts), gradient=meta_gradient.clone())
-        captured["logs"] = original(self, learners, rollouts, meta_gradient)
+    def spy(self, records, meta_gradient):
+        captured.update(rollouts=[r.test_batch.rollout for r in records], gradient=meta_gradient.clone())
+        captured["logs"] = original(self, records, meta_gradient)
         return captured["logs"]
 
     monkeypatch.setattr(cls, "_natural_meta_step", spy)
@@ -121,6 +129,29 @@ def test_natural_meta_step_is_the_trust_region_natural_gradient(cls, monkeypatch
     new, _ = _split(model)
     torch.testing.assert_close(new.double(), theta.double() - step * direction, rtol=0, atol=1e-5)
     assert captured["logs"]["natural_kl"] <= delta
+
+
+def _dense_nav_policy(flat, obs):
+    """π_φ(·|s) of TINY's Navigation policy from flat float64 parameters, in the order of actor_parameters:
+    2 -> Linear(8) tanh -> Linear(2) mean; state-independent log σ."""
+    w1, b1, w2, b2, log_std = torch.split(flat, [16, 8, 16, 2, 2])
+    h = torch.tanh(obs.double() @ w1.view(8, 2).T + b1)
+    return torch.distributions.Normal(h @ w2.view(2, 8).T + b2, log_std.exp().expand(len(obs), 2))
+
+
+def _dense_surrogate_loss(flat, batch):
+    """−mean(π_φ/π_old · Â) in float64, Â standardised, on a rollout batch of TINY's Navigation policy."""
+    adv = batch.advantages.double()
+    adv = (adv - adv.mean()) / (adv.std() + 1e-8)
+    log_prob = _dense_nav_policy(flat, batch.observations).log_prob(batch.actions.double()).sum(-1)
+    return -(torch.exp(log_prob - batch.old_log_prob.double()) * adv).mean()
+
+
+def _float64_test_gradient(learner):
+    """∇_φ L_test(φ) in float64 from the learner's stored (test) rollout."""
+    batch = next(learner.rollout_buffer.get(batch_size=None))
+    flat = get_flat_params(actor_parameters(learner.policy)).double().requires_grad_(True)
+    return torch.autograd.grad(_dense_surrogate_loss(flat, batch), flat)[0]
 
 
 def _dense_inner_curvature(learner, batch, curvature):
@@ -159,27 +190,27 @@ def test_imaml_meta_gradient_is_the_implicit_solution(curvature, monkeypatch):
     params = actor_parameters(model.policy)
     assert [p.numel() for p in params] == [16, 8, 16, 2, 2]  # the layout _dense_inner_curvature assumes
     captured = []
-    original = IMAML._task_meta_gradient
+    original = IMAML._outer_update
 
-    def spy(self, learner, test_gradient):
-        batch = self._inner_batches[id(learner)]
-        out = original(self, learner, test_gradient)
-        captured.append((learner, batch, test_gradient, out))
-        return out
+    def spy(self, records):
+        captured.extend(records)
+        return original(self, records)
 
-    monkeypatch.setattr(IMAML, "_task_meta_gradient", spy)
+    monkeypatch.setattr(IMAML, "_outer_update", spy)
     theta, _ = _split(model)
     model.learn(2 * 3 * 32)
     assert len(captured) == 2
-    for learner, batch, test_gradient, out in captured:
-        torch.testing.assert_close(test_gradient, _independent_policy_gradient(learner), rtol=0, atol=1e-6)
-        dense = _dense_inner_curvature(learner, batch, curvature)
+    references = []
+    for learner, record in zip(model._learners, captured):
+        assert record.policy is learner.policy
+        test_gradient = _independent_policy_gradient(learner).double()  # from the test rollout of φᵢ
+        dense = _dense_inner_curvature(learner, record.inner_batch.rollout, curvature)
         n = dense.shape[0]
-        reference = torch.linalg.solve(torch.eye(n, dtype=torch.float64) + dense / lam, test_gradient.double())
-        torch.testing.assert_close(out.double(), reference, rtol=1e-3, atol=1e-5)
-        assert (out - test_gradient).norm() > 1e-3 * test_gradient.norm()  # the curvature mattered
+        reference = torch.linalg.solve(torch.eye(n, dtype=torch.float64) + dense / lam, test_gradient)
+        assert (reference - test_gradient).norm() > 1e-3 * test_gradient.norm()  # the curvature matters
+        references.append(reference)
     new, _ = _split(model)
-    torch.testing.assert_close(new, theta - beta * torch.stack([c[3] for c in captured]).mean(0), rtol=0, atol=1e-6)
+    torch.testing.assert_close(new.double(), theta.double() - beta * torch.stack(references).mean(0), rtol=0, atol=1e-6)
 
 
 def test_imaml_proximal_step_pulls_towards_theta():
@@ -196,7 +227,7 @@ def test_imaml_proximal_step_pulls_towards_theta():
 
     collect_task_rollouts(env, [learner], 32)
     gradient = _independent_policy_gradient(learner)  # at φ = θ: ∇L̂(θ)
-    model._inner_update([learner], theta, {"inner_kl": [], "cg_iterations": []})
+    model._inner_step(learner, theta)
     expected = theta + (theta - alpha * gradient - theta) / (1 + eta * lam)
     torch.testing.assert_close(_learner_split(learner)[0], expected, rtol=0, atol=1e-6)
 
@@ -232,7 +263,6 @@ def test_evaluate_adaptation_shapes_and_determinism():
     assert sorted(first) == [0, 2] and first[0].shape == (3,)
     for k in first:
         np.testing.assert_array_equal(first[k], second[k])
-    assert np.all(first[0] < 0)
 
 
 def _peak_bytes(model) -> int:
@@ -270,11 +300,30 @@ def test_imaml_meta_gradient_memory_is_flat_in_inner_steps():
     maml = {}
     for k in (1, 20):
         with SavedTensorMeter() as meter:
-            gradient = maml_meta_gradient(learner.policy, [batch] * k, batch, 0.1)
+            maml_meta_gradient(learner.policy, [batch] * k, batch, 0.1)
         maml[k] = meter.peak_bytes
     assert maml[20] > 5 * maml[1], maml
-    # and with k = 1 its meta-gradient is the first-order one plus a second-order correction
-    assert gradient.shape == get_flat_params(actor_parameters(learner.policy)).shape
+
+
+def test_maml_reference_one_step_is_the_second_order_meta_gradient():
+    """k = 1: ∇_θ L_test(θ − α∇L̂(θ)) = (I − α∇²L̂(θ)) ∇L_test(φ), against float64 autograd through a dense policy."""
+    alpha = 0.5
+    model = FOMAML("MlpPolicy", NAV, inner_algo="vpg", inner_updates=0, **TINY)
+    from agents.meta.rollouts import collect_task_rollouts
+
+    for learner in model._learners:
+        model._start_learner(learner)
+    collect_task_rollouts(make_vec_env(NAV, n_envs=2, seed=0), model._learners, 32)
+    inner, test = (next(learner.rollout_buffer.get(batch_size=None)) for learner in model._learners)
+    policy = model._learners[0].policy
+    gradient = maml_meta_gradient(policy, [inner], test, alpha)
+
+    theta = get_flat_params(actor_parameters(policy)).double().requires_grad_(True)
+    inner_gradient = torch.autograd.grad(_dense_surrogate_loss(theta, inner), theta, create_graph=True)[0]
+    reference = torch.autograd.grad(_dense_surrogate_loss(theta - alpha * inner_gradient, test), theta)[0]
+    torch.testing.assert_close(gradient.double(), reference, rtol=1e-4, atol=1e-6)
+    first_order = torch.autograd.grad(_dense_surrogate_loss(theta - alpha * inner_gradient.detach(), test), theta)[0]
+    assert (reference - first_order).norm() > 1e-3 * reference.norm()  # the second-order term is there
 
 
 def test_maml_reference_matches_first_order_when_step_is_zero():
@@ -351,6 +400,59 @@ def test_vpg_step_is_the_policy_gradient():
     assert (_learner_split(model)[1] - critic_before).norm() > 0  # the critic was fitted
 
 
+def test_adaptation_records_carry_what_the_outer_update_reads(monkeypatch):
+    """One TaskAdaptation per task: its task, φᵢ and φ_v,ᵢ as the adapted policy holds them, a return per rollout
+    batch, the KL and CG iterations each inner NPG update returned, the last inner and the test rollout; the logged
+    inner statistics are the records' means."""
+    captured = []
+    original = FOMAML._outer_update
+
+    def spy(self, records):
+        captured.extend(records)
+        return original(self, records)
+
+    monkeypatch.setattr(FOMAML, "_outer_update", spy)
+    model = FOMAML("MlpPolicy", NAV, inner_updates=2, **TINY)
+    model.learn(2 * 3 * 32, log_interval=None)  # no dump: the logged values stay readable
+    assert len(captured) == 2
+    for i, record in enumerate(captured):
+        assert record.task == pytest.approx(model.env.env_method("get_task", indices=[i])[0])
+        assert record.policy is model._learners[i].policy
+        assert torch.equal(record.adapted_actor, get_flat_params(actor_parameters(record.policy)))
+        assert len(record.returns) == 3 and len(record.inner_kl) == 2 and len(record.cg_iterations) == 2
+        assert all(kl > 0 for kl in record.inner_kl) and all(n >= 1 for n in record.cg_iterations)
+        assert record.inner_batch is not None and record.test_batch is not None
+        with torch.no_grad():  # the test rollout was collected by φᵢ, the inner one by the policy before the last update
+            _, test_log_prob, _ = record.policy.evaluate_actions(record.test_batch.rollout.observations, record.test_batch.actions)
+            _, inner_log_prob, _ = record.policy.evaluate_actions(record.inner_batch.rollout.observations, record.inner_batch.actions)
+        torch.testing.assert_close(test_log_prob, record.test_batch.old_log_prob, rtol=0, atol=1e-5)
+        assert (inner_log_prob - record.inner_batch.old_log_prob).abs().max() > 1e-4
+    logged = model.logger.name_to_value
+    assert logged["meta/inner_kl"] == pytest.approx(np.mean([kl for r in captured for kl in r.inner_kl]))
+    assert logged["meta/cg_iterations"] == pytest.approx(np.mean([n for r in captured for n in r.cg_iterations]))
+    assert logged["meta/return_post"] == pytest.approx(np.mean([r.returns[-1] for r in captured]))
+
+
+@pytest.mark.parametrize("normalize", [True, False])
+def test_policy_update_record_and_advantage_standardisation(normalize):
+    """VPG's and NPG's train() return the PolicyUpdate they logged, with the batch they stepped on: its advantages are
+    the buffer's GAE advantages, standardised exactly when normalize_advantage is set."""
+    for cls in (VPG, NPG):
+        model = cls("MlpPolicy", "Pendulum-v1", n_steps=64, policy_kwargs=dict(net_arch=[8]), normalize_advantage=normalize, seed=0)
+        _, callback = model._setup_learn(64, None)
+        model.collect_rollouts(model.env, callback, model.rollout_buffer, 64)
+        update = model.train()
+        assert update.kl == model.logger.name_to_value["train/kl"] and update.kl > 0
+        assert (update.cg_iterations is None) == (cls is VPG)
+        raw = update.batch.rollout.advantages
+        advantages = update.batch.advantages
+        if normalize:
+            torch.testing.assert_close(advantages, (raw - raw.mean()) / (raw.std() + 1e-8))
+            assert abs(float(advantages.mean())) < 1e-5 and abs(float(advantages.std()) - 1) < 1e-4
+        else:
+            assert torch.equal(advantages, raw)
+
+
 def test_bad_input_is_explained():
     with pytest.raises(ValueError, match="not a task family"):
         Reptile("MlpPolicy", "CartPole-v1", **TINY)
@@ -391,7 +493,7 @@ def test_cli_meta_train_and_adapt(tmp_path):
     out = run("meta-train", "--algo", "fomaml", "--env", NAV, "--n-timesteps", "200", "--log-folder", str(tmp_path / "logs"),
               "--hyperparams", "meta_batch_size=2", "n_steps=50", "policy_kwargs=dict(net_arch=[8])", "inner_algo='vpg'", "inner_kwargs={}")
     assert out.returncode == 0, out.stderr
-    model = tmp_path / "logs" / "fomaml" / "ngrl-Navigation2D-v0_1" / "ngrl-Navigation2D-v0.zip"
+    model = tmp_path / "logs" / "fomaml" / "ngrl-Navigation2D-v0_0_1" / "ngrl-Navigation2D-v0.zip"
     assert model.is_file() and (model.parent / "config.yml").is_file()
     out = run("adapt", "--model", str(model), "--n-tasks", "3", "--n-updates", "0", "1", "--output", str(tmp_path / "a.json"))
     assert out.returncode == 0, out.stderr
@@ -403,32 +505,10 @@ def test_cli_meta_train_and_adapt(tmp_path):
               "--log-folder", str(tmp_path / "logs"), "--n-eval-tasks", "2",
               "--hyperparams", "meta_batch_size=2", "n_steps=50", "policy_kwargs=dict(cell='ernn', hidden_size=8, net_arch=[8])")
     assert out.returncode == 0, out.stderr
-    model = tmp_path / "logs" / "reptile" / "ngrl-Navigation2D-v0_1" / "ngrl-Navigation2D-v0.zip"
+    model = tmp_path / "logs" / "reptile" / "ngrl-Navigation2D-v0_0_1" / "ngrl-Navigation2D-v0.zip"
     assert "MlpErnnPolicy" in (model.parent / "config.yml").read_text()
     out = run("adapt", "--model", str(model), "--n-tasks", "2", "--n-updates", "0", "1")
     assert out.returncode == 0 and "| 1 |" in out.stdout, out.stderr
-
-
-def test_meta_configs_are_the_benchmark_settings():
-    """configs/{reptile,fomaml,imaml}.yml hold bench/bench_meta.py's settings, so the CLI trains what was measured."""
-    import inspect
-
-    import yaml
-
-    root = pathlib.Path(__file__).resolve().parents[1]
-    spec = importlib.util.spec_from_file_location("bench_meta", root / "bench" / "bench_meta.py")
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
-    for name, cls in bench.META.items():
-        blocks = yaml.safe_load((root / "configs" / f"{name}.yml").read_text())
-        defaults = {k: p.default for c in cls.__mro__ if "__init__" in vars(c) for k, p in inspect.signature(c.__init__).parameters.items()}
-        for env_id, settings in bench.FAMILIES.items():
-            expected = {**settings["common"], **settings[name]}
-            block = {k: v for k, v in blocks[env_id].items() if k not in ("n_timesteps", "policy")}
-            for key, value in expected.items():
-                assert block.get(key, defaults.get(key)) == value, (name, env_id, key)
-            for key in set(block) - set(expected):  # a config may spell out a default
-                assert block[key] == defaults[key], (name, env_id, key)
 
 
 def test_cli_errors_exit_2(tmp_path, capsys):
@@ -557,8 +637,7 @@ def test_imaml_fisher_curvature_of_a_recurrent_policy_is_the_kl_hessian():
     batch = whole_rollout(learner.rollout_buffer)[0]
     batch = batch._replace(observations=batch.observations.double(), states=type(batch.states)(
         *(tuple(s.double() for s in part) for part in batch.states)))
-    model._inner_batches[id(learner)] = batch
-    mv = model._curvature_mv(learner)
+    mv = model._curvature_mv(learner.policy, PolicyGradientBatch(batch, batch, batch.actions, batch.old_log_prob, batch.advantages))
     params = actor_parameters(learner.policy)
     theta = get_flat_params(params).detach().clone()
     family = policy_distribution(learner.policy)
@@ -574,10 +653,84 @@ def test_imaml_fisher_curvature_of_a_recurrent_policy_is_the_kl_hessian():
     torch.testing.assert_close(mv(v), hessian @ v, rtol=1e-6, atol=1e-8)
 
 
+BANDIT = "ngrl/TargetBandit-v0"
+
+
+@pytest.mark.parametrize("cls,kwargs", [(Reptile, dict(learning_rate=0.5)), (FOMAML, dict(learning_rate=0.05)),
+                                        (IMAML, dict(learning_rate=0.05, lam=1.0))])
+def test_meta_learners_learn_the_target_bandit(cls, kwargs):
+    """3000 pulls of meta-training on the one-step bandit family: the return after one adaptation step rises from
+    about −0.78 (an untrained, uniform policy) to about −0.2 or better. A meta-update that goes the wrong way pushes
+    the policy away from the arms the targets lie near and fails this."""
+    from envs.task_family import held_out_tasks
+
+    model = cls("MlpPolicy", BANDIT, inner_algo="vpg", inner_updates=1, inner_kwargs={"step_size": 0.5}, n_steps=16,
+                meta_batch_size=4, policy_kwargs=dict(net_arch=[8]), seed=0, **kwargs)
+    tasks = held_out_tasks(BANDIT, 8, seed=123)
+    set_random_seed(1)
+    before = model.evaluate_adaptation(tasks, [1], seed=1)[1].mean()
+    model.learn(3000)
+    set_random_seed(1)
+    after = model.evaluate_adaptation(tasks, [1], seed=1)[1].mean()
+    assert before < -0.6 and after > -0.35, (before, after)
+
+
+@pytest.mark.parametrize("policy,policy_kwargs", [("MlpPolicy", dict(net_arch=[8])),
+                                                  ("MlpErnnPolicy", dict(cell="ernn", hidden_size=8, net_arch=[8]))])
+def test_task_rollouts_bootstrap_truncated_episodes(policy, policy_kwargs):
+    """At a time-limit truncation the stored reward is r + γ·V(s_T) with V the task's own critic at the terminal
+    observation (recurrent: the critic's state after the episode's steps); other steps keep the env's reward."""
+    from agents.meta.rollouts import collect_task_rollouts
+
+    model = Reptile(policy, NAV, policy_kwargs=policy_kwargs, n_steps=120, meta_batch_size=1, seed=0)
+    learner = model._learners[0]
+    model._start_learner(learner)
+    with torch.no_grad():
+        learner.policy.value_net.bias.add_(2.0)  # V ≈ 2: a dropped bootstrap moves the reward by ≈ 2γ
+    goal = np.array([0.3, -0.2])
+    env = make_vec_env(NAV, n_envs=1, seed=0)
+    env.env_method("set_task", {"goal_x": goal[0], "goal_y": goal[1]})
+    collect_task_rollouts(env, [learner], 120)
+    buffer = learner.rollout_buffer
+    obs = buffer.observations[:, 0].astype(np.float64)
+    moves = 0.1 * np.clip(buffer.actions[:, 0].astype(np.float64), -1.0, 1.0)
+    rewards = buffer.rewards[:, 0]
+    terminal = obs[99] + moves[99]  # Navigation2D's horizon is 100 steps: the first episode is truncated at step 99
+    assert np.all(obs[0] == 0) and np.all(obs[100] == 0)  # (the next episode starts from the origin)
+    with torch.no_grad():
+        if policy == "MlpPolicy":
+            value = learner.policy.predict_values(torch.as_tensor(terminal[None], dtype=torch.float32)).item()
+        else:  # run the critic over the whole episode and then the terminal observation, from a zero state
+            sequence = torch.as_tensor(np.concatenate([obs[:100], terminal[None]]), dtype=torch.float32)
+            starts = torch.zeros(101)
+            starts[0] = 1.0
+            value = learner.policy.predict_values(sequence, learner.policy.initial_state(1).vf, starts)[-1].item()
+    assert abs(value) > 0.5
+    expected = -np.linalg.norm(terminal - goal) + model.gamma * value
+    np.testing.assert_allclose(rewards[99], expected, rtol=0, atol=1e-4)
+    np.testing.assert_allclose(rewards[:99], -np.linalg.norm(obs[1:100] - goal, axis=1), rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("policy,policy_kwargs", [("MlpPolicy", dict(net_arch=[8])),
+                                                  ("MlpPolicy", dict(net_arch=[8], share_features_extractor=False)),
+                                                  ("MlpErnnPolicy", dict(cell="lstm", hidden_size=4, net_arch=[8]))])
+def test_meta_parameters_split_into_actor_and_critic(policy, policy_kwargs):
+    """The meta-learner's actor and critic lists are ngrl.fisher.actor_parameters and agents.common.critic_parameters:
+    disjoint and together every parameter of the policy (so the critic's interpolation covers the rest)."""
+    from agents.common import critic_parameters
+
+    model = Reptile(policy, NAV, **{**TINY, "policy_kwargs": policy_kwargs})
+    actor, critic = model._actor_params, model._critic_params
+    assert [id(p) for p in actor] == [id(p) for p in actor_parameters(model.policy)]
+    assert [id(p) for p in critic] == [id(p) for p in critic_parameters(model.policy)]
+    assert not {id(p) for p in actor} & {id(p) for p in critic}
+    assert {id(p) for p in actor} | {id(p) for p in critic} == {id(p) for p in model.policy.parameters()}
+
+
 @pytest.mark.slow
 def test_fomaml_learns_to_adapt_on_navigation():
     """100k steps of FOMAML (the benchmark's setting): one NPG update from the meta-policy reaches a return above −40."""
-    from agents.meta.cli import held_out_tasks
+    from envs.task_family import held_out_tasks
 
     model = FOMAML("MlpPolicy", NAV, learning_rate=3e-3, inner_updates=1, meta_batch_size=10, n_steps=400,
                    inner_kwargs={"target_kl": 0.1, "n_critic_updates": 5}, policy_kwargs=dict(net_arch=[64, 64]), seed=0)
@@ -598,3 +751,14 @@ def test_imaml_smoke_on_half_cheetah_vel(tmp_path, monkeypatch):
     assert model.num_timesteps == 128
     agent = model.adapt({"velocity": 1.5}, n_updates=1)
     assert agent.predict(np.zeros((1, 17), dtype=np.float32))[0].shape == (1, 6)
+
+
+def test_a_loaded_meta_learner_continues_training_without_env(tmp_path):
+    model = Reptile("MlpPolicy", NAV, **TINY)
+    model.learn(2 * TINY["meta_batch_size"] * TINY["n_steps"])
+    model.save(tmp_path / "m.zip")
+    loaded = Reptile.load(tmp_path / "m.zip")
+    assert loaded.env is None
+    before = loaded.num_timesteps
+    loaded.learn(loaded.meta_batch_size * loaded.n_steps, reset_num_timesteps=False)
+    assert loaded.num_timesteps > before and loaded.env.num_envs == loaded.meta_batch_size

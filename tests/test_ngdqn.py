@@ -124,9 +124,9 @@ def _dense_reference(
     eye = torch.eye(len(theta0), dtype=torch.float64)
     rhs = gradient if max_grad_norm is None else gradient * min(1.0, max_grad_norm / float(gradient.norm()))
     direction = torch.linalg.solve(gauss_newton + damping * eye, rhs)
-    quadratic = float(direction @ gauss_newton @ direction)
-    if model.target_kl is not None:
-        lr = min(lr, float(np.sqrt(2 * model.target_kl / quadratic)))
+    quadratic = float(direction @ gauss_newton @ direction)  # xᵀGx: the reduction ratio's model of L
+    if model.target_kl is not None:  # the KL cap's model is the damped operator's: ½η²xᵀ(G + dI)x ≤ δ
+        lr = min(lr, float(np.sqrt(2 * model.target_kl / float(direction @ (gauss_newton + damping * eye) @ direction))))
     theta1 = theta0 - lr * direction
     with torch.no_grad():
         actual = float(loss(theta1) - loss(theta0))
@@ -141,7 +141,8 @@ def _dense_reference(
 def test_one_step_equals_dense_natural_gradient(use_target, curvature_outputs, td_loss, extractor):
     model = _float64_model(
         extractor,
-        target_update_interval=100 if use_target else None,
+        target_network=use_target,
+        target_update_interval=100,
         curvature_outputs=curvature_outputs,
         td_loss=td_loss,
         damping=0.3,
@@ -156,7 +157,7 @@ def test_one_step_equals_dense_natural_gradient(use_target, curvature_outputs, t
 
 
 def test_preconditioned_solve_with_clipped_gradient_equals_dense_step():
-    model = _float64_model(FlattenExtractor, damping=0.3, cg_max_steps=100, use_preconditioner=True, max_grad_norm=0.05)
+    model = _float64_model(FlattenExtractor, damping=0.3, cg_max_steps=100, preconditioner="diagonal", max_grad_norm=0.05)
     data = _batch()
     expected, _, _ = _dense_reference(model, data, lr=0.7, damping=0.3, use_target=False, max_grad_norm=0.05)
     unclipped, _, _ = _dense_reference(model, data, lr=0.7, damping=0.3, use_target=False)
@@ -213,7 +214,7 @@ def _model(**kwargs) -> NGDQN:
 
 
 @pytest.mark.parametrize(
-    "kwargs", [dict(), dict(target_update_interval=100, damping=0.5), dict(curvature_outputs="all", td_loss="huber")]
+    "kwargs", [dict(), dict(target_network=True, target_update_interval=100, damping=0.5), dict(curvature_outputs="all", td_loss="huber")]
 )
 def test_smoke_run_logs_the_solver(kwargs):
     model = _model(**kwargs)
@@ -235,11 +236,23 @@ def test_cnn_policy_smoke():
     assert any(not torch.equal(a, b) for a, b in zip(before, model.q_net.parameters()))
 
 
-def test_without_target_network_the_target_is_never_updated():
-    model = _model(target_update_interval=None)
-    frozen = [p.detach().clone() for p in model.q_net_target.parameters()]
-    model.learn(300)
-    assert all(torch.equal(a, b) for a, b in zip(frozen, model.q_net_target.parameters()))
+@pytest.mark.parametrize("target_network", [False, True])
+def test_the_td_target_reads_the_network_the_flag_names(target_network):
+    model = _model(target_network=target_network, learning_starts=0)
+    data = _batch()
+    data = data._replace(observations=data.observations.float(), next_observations=data.next_observations.float(),
+                         rewards=data.rewards.float(), dones=data.dones.float())
+    before = model._td_target(data)
+    with torch.no_grad():  # move only the target copy: the TD target must follow it iff target_network
+        for p in model.q_net_target.parameters():
+            p.add_(0.5)
+    changed = not torch.allclose(model._td_target(data), before)
+    assert changed == target_network
+
+
+def test_no_gradient_optimizer_is_built():
+    model = _model()
+    assert model.policy.optimizer is None
 
 
 def test_with_target_network_the_target_follows_the_interval():
@@ -259,7 +272,7 @@ def test_with_target_network_the_target_follows_the_interval():
             return True
 
     changes = TargetChanges()
-    _model(target_update_interval=100).learn(350, callback=changes)
+    _model(target_network=True, target_update_interval=100).learn(350, callback=changes)
     assert changes.changed_at == [101, 201, 301]
 
 
@@ -272,7 +285,7 @@ def test_save_load_gives_identical_q_values(tmp_path):
     with torch.no_grad():
         torch.testing.assert_close(model.q_net(obs), loaded.q_net(obs), rtol=0, atol=0)
     assert loaded.damping_value == model.damping_value != 0.5
-    assert loaded.target_update_interval is None
+    assert loaded.target_network is False and loaded.policy.optimizer is None
     np.testing.assert_array_equal(model.predict(obs.numpy(), deterministic=True)[0], loaded.predict(obs.numpy(), deterministic=True)[0])
     with pytest.raises(CheckpointError, match="NGDQN"):
         NPG.load(tmp_path / "ngdqn")
@@ -303,15 +316,16 @@ def test_command_line_train_then_eval(tmp_path):
     root = Path(__file__).resolve().parents[1]
     train = subprocess.run(
         [sys.executable, "train.py", "train", "--algo", "ngdqn", "--env", "CartPole-v1", "--n-timesteps", "300",
-         "--log-folder", str(tmp_path), "--n-eval-episodes", "2", "--device", "cpu",
-         "--hyperparams", "learning_starts=100", "policy_kwargs=dict(net_arch=[16])", "damping=0.5", "target_update_interval=None"],
+         "--log-folder", str(tmp_path), "--n-eval-episodes", "2", "--device", "cpu", "--quiet",
+         "--hyperparams", "learning_starts=100", "policy_kwargs=dict(net_arch=[16])", "damping=0.5", "target_network=False"],
         cwd=root, capture_output=True, text=True, timeout=300,
     )
     assert train.returncode == 0, train.stderr
-    checkpoint = tmp_path / "ngdqn" / "CartPole-v1_1" / "CartPole-v1.zip"
-    assert checkpoint.is_file(), train.stdout
+    found = sorted((tmp_path / "ngdqn").glob("CartPole-v1_*/CartPole-v1.zip"))  # the run folder's name is train.py's business
+    assert len(found) == 1, train.stdout
+    checkpoint = found[0]
     config = yaml.safe_load((checkpoint.parent / "config.yml").read_text())
-    assert config["hyperparams"]["damping"] == 0.5 and config["hyperparams"]["target_update_interval"] is None
+    assert config["CartPole-v1"]["damping"] == 0.5 and config["CartPole-v1"]["target_network"] is False
     evaluation = subprocess.run(
         [sys.executable, "train.py", "eval", "--algo", "ngdqn", "--env", "CartPole-v1", "--model", str(checkpoint),
          "--n-episodes", "2", "--device", "cpu"],
@@ -331,7 +345,9 @@ def test_command_line_train_then_eval(tmp_path):
         (dict(curvature_outputs="max"), "curvature_outputs"),
         (dict(td_loss="l1"), "td_loss"),
         (dict(cg_max_steps=0), "cg_max_steps"),
-        (dict(target_update_interval=0), "None to run without a target network"),
+        (dict(target_update_interval=0), "target_update_interval"),
+        (dict(target_update_interval=None), "target_network=False"),
+        (dict(preconditioner="kfac"), "preconditioner"),
         (dict(target_kl=0.0), "target_kl"),
         (dict(max_grad_norm=-1.0), "max_grad_norm"),
     ],
@@ -387,3 +403,14 @@ def test_cartpole_is_solved_within_100k_steps():
     callback = EvaluateUntilSolved()
     model.learn(100_000, callback=callback)
     assert callback.best >= 475, f"best evaluation {callback.best} within 100k steps"
+
+
+@pytest.mark.parametrize("saved, expected", [(dict(target_update_interval=None, use_preconditioner=False), (False, 10000, None)),
+                                             (dict(target_update_interval=500, use_preconditioner=True), (True, 500, "diagonal"))])
+def test_checkpoints_from_before_target_network_and_preconditioner_map_onto_them(saved, expected):
+    # SB3's load builds the model with defaults, updates __dict__ with the saved attributes, then calls _setup_model
+    model = NGDQN("MlpPolicy", "CartPole-v1", policy_kwargs=TINY, device="cpu", _init_setup_model=False)
+    model.__dict__.update(saved)
+    model._setup_model()
+    assert (model.target_network, model.target_update_interval, model.preconditioner) == expected
+    assert "use_preconditioner" not in model.__dict__

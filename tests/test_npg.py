@@ -36,7 +36,7 @@ ENVS = {
 
 
 @pytest.mark.parametrize("space", list(ENVS))
-@pytest.mark.parametrize("options", [{}, {"natural_direction": "cfa"}, {"line_search": True, "use_preconditioner": True}])
+@pytest.mark.parametrize("options", [{}, {"natural_direction": "cfa"}, {"line_search": True, "preconditioner": "diagonal"}])
 def test_smoke_every_action_space(space, options):
     model = NPG("MlpPolicy", make_vec_env(ENVS[space], n_envs=2, seed=0), seed=0, **SMALL, **options)
     model.learn(256)
@@ -249,3 +249,14 @@ def test_learns_on_cuda():
     model = NPG("MlpPolicy", "CartPole-v1", seed=0, device="cuda", **SMALL)
     model.learn(128)
     assert next(model.policy.parameters()).device.type == "cuda"
+
+
+@pytest.mark.parametrize("saved, expected", [(dict(use_preconditioner=True), "diagonal"), (dict(use_preconditioner=False), None),
+                                             (dict(use_preconditioner=False, fisher_estimator="kfac"), "kfac")])
+def test_checkpoints_with_use_preconditioner_map_onto_preconditioner(saved, expected):
+    # SB3's load builds the model with defaults, updates __dict__ with the saved attributes, then calls _setup_model
+    model = NPG("MlpPolicy", "CartPole-v1", policy_kwargs=dict(net_arch=[4]), device="cpu", preconditioner="diagonal",
+                _init_setup_model=False)
+    model.__dict__.update(saved)
+    model._setup_model()
+    assert model.preconditioner == expected and "use_preconditioner" not in model.__dict__

@@ -262,10 +262,14 @@ def test_predict_resets_the_state_at_episode_starts() -> None:
 
 
 def test_cue_corridor_and_continuous_actions_run() -> None:
-    small_npg("gru", env_id="ngrl/CueCorridor-v0", fisher_estimator="diagonal", use_preconditioner=True).learn(64)
+    small_npg("gru", env_id="ngrl/CueCorridor-v0", fisher_estimator="diagonal", preconditioner="diagonal").learn(64)
     model = small_npg("ernn", env_id="Pendulum-v1", natural_direction="cfa", sub_sampling_factor=2, line_search=True)
+    before = [p.detach().clone() for p in model._actor_params]
     model.learn(64)
-    assert model.logger.name_to_value["train/kl"] >= 0
+    # the line search keeps the measured KL within the trust region, and the CFA direction moved the actor
+    assert model.logger.name_to_value["train/kl"] <= model.target_kl
+    assert model.logger.name_to_value["train/line_search_steps"] >= 1
+    assert any(not torch.equal(a, p) for a, p in zip(before, model._actor_params))
 
 
 def test_cnn_ernn_policy_runs_on_images() -> None:

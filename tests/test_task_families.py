@@ -14,7 +14,8 @@ from stable_baselines3.common.env_checker import check_env
 import envs  # noqa: F401  registers the ngrl/ ids
 from envs import ParameterTaskFamily, TaskResampling, task_family_methods
 
-FAMILIES = ["ngrl/Navigation2D-v0", "ngrl/CartPoleDynamics-v0", "ngrl/PendulumDynamics-v0"]
+FAMILIES = ["ngrl/Navigation2D-v0", "ngrl/CartPoleDynamics-v0", "ngrl/PendulumDynamics-v0", "ngrl/TargetBandit-v0"]
+REWARD_FAMILIES = ("ngrl/Navigation2D-v0", "ngrl/HalfCheetahVel-v0", "ngrl/TargetBandit-v0")  # the task is in the reward
 HAS_MUJOCO = importlib.util.find_spec("mujoco") is not None
 if HAS_MUJOCO:
     FAMILIES.append("ngrl/HalfCheetahVel-v0")
@@ -80,8 +81,8 @@ def test_set_task_changes_the_dynamics_or_rewards(env_id):
     obs2, r2 = _next_obs(env, t2, action)
     np.testing.assert_array_equal(obs1, obs1_again)  # same task, same seed: same transition
     assert r1 == r1_again
-    if env_id == "ngrl/Navigation2D-v0" or env_id == "ngrl/HalfCheetahVel-v0":
-        assert r1 != r2  # the goal / target velocity is in the reward, not the dynamics
+    if env_id in REWARD_FAMILIES:
+        assert r1 != r2  # the goal / target velocity / target arm is in the reward, not the dynamics
     else:
         assert not np.allclose(obs1, obs2)
 
@@ -100,6 +101,19 @@ def test_task_persists_across_reset_and_navigation_reward():
     for _ in range(99):
         *_, truncated, _ = env.step(np.zeros(2))
     assert truncated  # horizon 100
+
+
+def test_target_bandit_pays_the_distance_to_the_target():
+    env = _make("ngrl/TargetBandit-v0")
+    _, set_task, _ = task_family_methods(env)
+    set_task({"target": 0.55})
+    env.reset(seed=0)
+    arms = np.linspace(-1.0, 1.0, 8)
+    rewards = [env.step(a)[1] for a in range(8)]
+    np.testing.assert_allclose(rewards, -np.abs(arms - 0.55))
+    assert int(np.argmax(rewards)) == 5  # the arm at 3/7 ≈ 0.43
+    _, _, terminated, truncated, _ = env.step(0)
+    assert terminated and not truncated  # one-step episodes
 
 
 def test_cartpole_derived_quantities_follow_the_task():

@@ -1,6 +1,6 @@
 """Meta-learners (Reptile, FOMAML, iMAML) over task families, with NPG or vanilla policy-gradient inner loops."""
 
-from agents.meta.base import INNER_ALGOS, MetaLearner
+from agents.meta.base import INNER_ALGOS, MetaLearner, TaskAdaptation
 from agents.meta.fomaml import FOMAML
 from agents.meta.imaml import IMAML
 from agents.meta.reptile import Reptile
@@ -9,4 +9,4 @@ from agents.meta.vpg import VPG
 # The registry ``train.py meta-train`` reads: algorithm name -> class.
 META_ALGOS = {"reptile": Reptile, "fomaml": FOMAML, "imaml": IMAML}
 
-__all__ = ["FOMAML", "IMAML", "INNER_ALGOS", "META_ALGOS", "MetaLearner", "Reptile", "VPG"]
+__all__ = ["FOMAML", "IMAML", "INNER_ALGOS", "META_ALGOS", "MetaLearner", "Reptile", "TaskAdaptation", "VPG"]

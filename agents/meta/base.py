@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import inspect
 import time
+from dataclasses import dataclass
 from collections.abc import Sequence
 from typing import Any, ClassVar, TypeVar
 
@@ -20,16 +21,18 @@ from stable_baselines3.common.type_aliases import GymEnv, MaybeCallback, Schedul
 from stable_baselines3.common.vec_env import DummyVecEnv, SubprocVecEnv, VecEnv, VecNormalize
 
 import envs  # noqa: F401  (registers the ngrl/ task families)
-from agents.common import CheckpointMixin
+from agents.arguments import check_arguments, check_spaces
+from agents.common import CheckpointMixin, critic_parameters
 from agents.meta.rollouts import collect_task_rollouts
 from agents.meta.vpg import VPG
+from agents.policy_gradient import PolicyGradientBatch, PolicyUpdate
 from agents.npg import NPG
 from agents.recurrent import CnnErnnPolicy, MlpErnnPolicy
 from envs.task_family import Task, check_task
 from ngrl import get_flat_params, set_flat_params
 from ngrl.fisher import actor_parameters
 
-__all__ = ["INNER_ALGOS", "MetaLearner"]
+__all__ = ["INNER_ALGOS", "MetaLearner", "TaskAdaptation"]
 
 SelfMetaLearner = TypeVar("SelfMetaLearner", bound="MetaLearner")
 
@@ -38,13 +41,42 @@ INNER_ALGOS: dict[str, type[OnPolicyAlgorithm]] = {"npg": NPG, "vpg": VPG}
 VEC_ENV_CLASSES = {"dummy": DummyVecEnv, "subproc": SubprocVecEnv}
 
 
+@dataclass(frozen=True)
+class TaskAdaptation:
+    """What adapting θ to one task gave: the record a meta-update reads (one per task of the meta-batch).
+
+    :param task: the task (None when it was set on the env by the caller)
+    :param policy: the adapted policy: its actor holds φᵢ, its critic φ_v,ᵢ (gradients at φᵢ are taken through it)
+    :param adapted_actor: φᵢ, the actor's parameters after the inner updates (flat copy)
+    :param adapted_critic: φ_v,ᵢ, the critic's parameters after the inner updates (flat copy)
+    :param returns: mean episode return of each rollout batch (index k: after k inner updates)
+    :param inner_kl: mean KL of each inner update (as the inner algorithm returned it)
+    :param cg_iterations: CG iterations of each inner update that solved for a natural direction
+    :param inner_batch: the rollout the last inner update used (None without inner updates); only the last is
+        kept, so the records' size does not grow with the number of inner updates
+    :param test_batch: a fresh rollout of φᵢ after the inner updates (None when not collected)
+    """
+
+    task: Task | None
+    policy: BasePolicy
+    adapted_actor: torch.Tensor
+    adapted_critic: torch.Tensor
+    returns: tuple[float, ...]
+    inner_kl: tuple[float, ...] = ()
+    cg_iterations: tuple[int, ...] = ()
+    inner_batch: PolicyGradientBatch | None = None
+    test_batch: PolicyGradientBatch | None = None
+
+
 class MetaLearner(CheckpointMixin, BaseAlgorithm):
     """
     Base class of the meta-learners: the meta-parameters θ are the parameters of ``self.policy``.
 
     One meta-iteration samples ``meta_batch_size`` tasks, sets one per sub-env of the VecEnv, starts an
     inner learner per task at θ, runs ``inner_updates`` rollout-and-update rounds in parallel over the
-    tasks, then calls :meth:`_outer_update` (the algorithm). The critic is not meta-differentiated: it
+    tasks (and, for FOMAML and iMAML, a rollout of each adapted policy), and returns one
+    :class:`TaskAdaptation` record per task: φᵢ, the batches, the inner statistics. The algorithm's
+    :meth:`_outer_update` computes the meta-update from those records alone. The critic is not meta-differentiated: it
     moves by θ_v ← θ_v + ``critic_step_size``·meanᵢ(φ_v,ᵢ − θ_v) (a warm start for the inner fits).
     Environment steps of every rollout of every task count towards ``total_timesteps``.
 
@@ -60,7 +92,9 @@ class MetaLearner(CheckpointMixin, BaseAlgorithm):
         sub-env per task whose envs expose ``sample_tasks``/``set_task``/``get_task``
     :param learning_rate: the outer step (meaning set by the subclass; constant or schedule)
     :param inner_algo: "npg" (natural policy gradient, default), "vpg" (vanilla policy gradient) or an
-        OnPolicyAlgorithm class whose ``train()`` makes one update from its rollout buffer
+        OnPolicyAlgorithm class whose ``train()`` makes one update from its rollout buffer (FOMAML and
+        iMAML need a :class:`agents.policy_gradient.PolicyGradientMixin` learner: they read its prepared
+        rollouts and its ``train()``'s :class:`agents.policy_gradient.PolicyUpdate`)
     :param inner_updates: adaptation updates per task (k)
     :param meta_batch_size: tasks per meta-iteration (= sub-envs)
     :param n_steps: transitions per task per rollout (use a multiple of the horizon for whole episodes)
@@ -109,6 +143,7 @@ class MetaLearner(CheckpointMixin, BaseAlgorithm):
         device: torch.device | str = "auto",
         _init_setup_model: bool = True,
     ):
+        check_arguments(type(self), locals())
         if isinstance(inner_algo, str) and inner_algo not in INNER_ALGOS:
             raise ValueError(f"inner_algo must be one of {sorted(INNER_ALGOS)} or an OnPolicyAlgorithm class, got {inner_algo!r}")
         if not isinstance(inner_algo, str) and not (isinstance(inner_algo, type) and issubclass(inner_algo, OnPolicyAlgorithm)):
@@ -165,6 +200,8 @@ class MetaLearner(CheckpointMixin, BaseAlgorithm):
             seed=seed,
             supported_action_spaces=(spaces.Box, spaces.Discrete, spaces.MultiDiscrete, spaces.MultiBinary),
         )
+        if self.env is not None:
+            check_spaces(self.observation_space, self.action_space)
         self.inner_algo = inner_algo
         self.inner_updates = inner_updates
         self.meta_batch_size = meta_batch_size
@@ -186,13 +223,11 @@ class MetaLearner(CheckpointMixin, BaseAlgorithm):
         self.policy = self.policy_class(self.observation_space, self.action_space, self.lr_schedule, **self.policy_kwargs)
         self.policy = self.policy.to(self.device)
         self._actor_params = actor_parameters(self.policy)
-        actor_ids = {id(p) for p in self._actor_params}
-        self._critic_params = [p for p in self.policy.parameters() if id(p) not in actor_ids]
+        self._critic_params = critic_parameters(self.policy)
         self._learners = [self._make_learner() for _ in range(self.meta_batch_size)]
-        self.adapted_params_: list[torch.Tensor] = []  # φᵢ (actor, flat) of the last meta-iteration
 
     def _excluded_save_params(self) -> list[str]:
-        return [*super()._excluded_save_params(), "_actor_params", "_critic_params", "_learners", "adapted_params_"]
+        return [*super()._excluded_save_params(), "_actor_params", "_critic_params", "_learners"]
 
     def _get_torch_save_params(self) -> tuple[list[str], list[str]]:
         return ["policy", "policy.optimizer"], []
@@ -216,57 +251,75 @@ class MetaLearner(CheckpointMixin, BaseAlgorithm):
 
     # --- the inner loop ------------------------------------------------------------------------
 
-    def _after_inner_update(self, learner: OnPolicyAlgorithm, theta: torch.Tensor) -> None:
-        """Hook run after every inner update (iMAML adds its proximal step here)."""
-
-    def _inner_update(self, learners: Sequence[OnPolicyAlgorithm], theta: torch.Tensor, stats: dict[str, list[float]]) -> None:
-        for learner in learners:
-            learner.train()
-            self._after_inner_update(learner, theta)
-            values = learner.logger.name_to_value
-            for key, name in (("train/kl", "inner_kl"), ("train/cg_iterations", "cg_iterations")):
-                if key in values:
-                    stats[name].append(float(values[key]))
-            learner.logger.name_to_value.clear()
+    def _inner_step(self, learner: OnPolicyAlgorithm, theta: torch.Tensor) -> PolicyUpdate | None:
+        """One inner update of a task's learner from its filled rollout buffer (iMAML adds its proximal step)."""
+        return learner.train()
 
     def _adapt_batch(
-        self, env: VecEnv, learners: Sequence[OnPolicyAlgorithm], n_updates: int, on_step=None, final_rollout: bool = True
-    ) -> tuple[list[np.ndarray], dict[str, list[float]], bool]:
+        self,
+        env: VecEnv,
+        learners: Sequence[OnPolicyAlgorithm],
+        n_updates: int,
+        on_step=None,
+        final_rollout: bool = True,
+        tasks: Sequence[Task] | None = None,
+        test_batches: bool = False,
+    ) -> tuple[list[TaskAdaptation], bool]:
         """k rounds of (rollouts, update) from θ on every task in parallel, then optionally the adapted policies' rollouts.
 
-        :return: the per-task returns of each rollout batch (index k: after k updates), inner statistics, completed
+        :param final_rollout: collect a rollout batch of the adapted policies at the end
+        :param tasks: the tasks of the sub-envs (recorded, not set here)
+        :param test_batches: keep that last batch, prepared for a surrogate, in the records
+        :return: one :class:`TaskAdaptation` per learner, and whether every rollout was completed (no records if not)
         """
         theta = get_flat_params(self._actor_params)
         for learner in learners:
             self._start_learner(learner)
-        returns, stats = [], {"inner_kl": [], "cg_iterations": []}
+        n = len(learners)
+        returns: list[list[float]] = [[] for _ in range(n)]
+        updates: list[list[PolicyUpdate]] = [[] for _ in range(n)]
         for k in range(n_updates + int(final_rollout)):
             batch_returns, ok = collect_task_rollouts(env, learners, self.n_steps, on_step)
             if not ok:
-                return returns, stats, False
-            returns.append(batch_returns)
+                return [], False
+            for i in range(n):
+                returns[i].append(float(batch_returns[i]))
             if k < n_updates:
-                self._inner_update(learners, theta, stats)
-        return returns, stats, True
+                for i, learner in enumerate(learners):
+                    update = self._inner_step(learner, theta)
+                    if isinstance(update, PolicyUpdate):  # a custom inner algorithm may return nothing
+                        updates[i].append(update)
+        records = []
+        for i, learner in enumerate(learners):
+            policy = learner.policy
+            records.append(
+                TaskAdaptation(
+                    task=None if tasks is None else tasks[i],
+                    policy=policy,
+                    adapted_actor=get_flat_params(actor_parameters(policy)),
+                    adapted_critic=get_flat_params(critic_parameters(policy)),
+                    returns=tuple(returns[i]),
+                    inner_kl=tuple(u.kl for u in updates[i]),
+                    cg_iterations=tuple(u.cg_iterations for u in updates[i] if u.cg_iterations is not None),
+                    inner_batch=updates[i][-1].batch if updates[i] else None,
+                    test_batch=learner.policy_gradient_batch() if test_batches and final_rollout else None,
+                )
+            )
+        return records, True
 
     # --- the outer loop ------------------------------------------------------------------------
 
-    def _outer_update(self, learners: Sequence[OnPolicyAlgorithm]) -> dict[str, float]:
-        """The meta-update of θ from the adapted learners (and their last rollouts); returns values to log."""
+    def _outer_update(self, records: Sequence[TaskAdaptation]) -> dict[str, float]:
+        """The meta-update of θ's actor from the meta-batch's records; returns values to log."""
         raise NotImplementedError
 
-    def _update_critic(self, learners: Sequence[OnPolicyAlgorithm]) -> None:
-        """θ_v ← θ_v + κ · meanᵢ(φ_v,ᵢ − θ_v) for the parameters outside the actor."""
+    def _update_critic(self, records: Sequence[TaskAdaptation]) -> None:
+        """θ_v ← θ_v + κ · meanᵢ(φ_v,ᵢ − θ_v) for the critic's parameters."""
         if not self._critic_params or self.critic_step_size == 0:
             return
         theta = get_flat_params(self._critic_params)
-        adapted = torch.stack([get_flat_params(self._learner_critic(learner)) for learner in learners])
+        adapted = torch.stack([record.adapted_critic for record in records])
         set_flat_params(self._critic_params, theta + self.critic_step_size * (adapted.mean(0) - theta))
-
-    @staticmethod
-    def _learner_critic(learner: OnPolicyAlgorithm) -> list[torch.nn.Parameter]:
-        actor_ids = {id(p) for p in actor_parameters(learner.policy)}
-        return [p for p in learner.policy.parameters() if id(p) not in actor_ids]
 
     def sample_tasks(self, n: int) -> list[Task]:
         """n tasks from the family, drawn with the RNG of the first sub-env (seeded by ``seed``)."""
@@ -288,17 +341,20 @@ class MetaLearner(CheckpointMixin, BaseAlgorithm):
             return callback.on_step()
 
         callback.on_rollout_start()
-        returns, stats, ok = self._adapt_batch(self.env, self._learners, self.inner_updates, on_step, self.needs_test_rollouts)
+        records, ok = self._adapt_batch(
+            self.env, self._learners, self.inner_updates, on_step, final_rollout=self.needs_test_rollouts, tasks=tasks,
+            test_batches=self.needs_test_rollouts,
+        )
         callback.on_rollout_end()
         if not ok:
             return False
-        self.adapted_params_ = [get_flat_params(actor_parameters(learner.policy)) for learner in self._learners]
-        logs = self._outer_update(self._learners)
-        self._update_critic(self._learners)
-        self.logger.record("meta/return_pre", float(np.mean(returns[0])))
+        logs = self._outer_update(records)
+        self._update_critic(records)
+        self.logger.record("meta/return_pre", float(np.mean([record.returns[0] for record in records])))
         if self.needs_test_rollouts and self.inner_updates > 0:
-            self.logger.record("meta/return_post", float(np.mean(returns[-1])))
-        for name, values in stats.items():
+            self.logger.record("meta/return_post", float(np.mean([record.returns[-1] for record in records])))
+        for name in ("inner_kl", "cg_iterations"):
+            values = [float(v) for j in range(self.inner_updates) for record in records for v in getattr(record, name)[j : j + 1]]
             if values:
                 self.logger.record(f"meta/{name}", float(np.mean(values)))
         for key, value in logs.items():
@@ -314,7 +370,13 @@ class MetaLearner(CheckpointMixin, BaseAlgorithm):
         reset_num_timesteps: bool = True,
         progress_bar: bool = False,
     ) -> SelfMetaLearner:
-        """Meta-train until ``total_timesteps`` environment steps (over all tasks and rollouts) are spent."""
+        """Meta-train until ``total_timesteps`` environment steps (over all tasks and rollouts) are spent.
+
+        A loaded meta-learner without an env rebuilds its task family from the saved env id (``meta_batch_size``
+        sub-envs, seeded by ``seed``), so that training continues as with any SB3 agent after ``load``.
+        """
+        if self.env is None:
+            self.set_env(self._task_env(self.meta_batch_size, self.seed))
         total_timesteps, callback = self._setup_learn(
             total_timesteps, callback, reset_num_timesteps, tb_log_name or type(self).__name__, progress_bar
         )
@@ -339,7 +401,10 @@ class MetaLearner(CheckpointMixin, BaseAlgorithm):
 
     def _task_env(self, n: int, seed: int | None) -> VecEnv:
         if self.env_id is None:
-            raise ValueError("this meta-learner was built from a VecEnv without a registered id: pass env= explicitly")
+            raise ValueError(
+                "this meta-learner was built from a VecEnv without a registered id, so it cannot rebuild its task family: "
+                "pass env= (a VecEnv of the family) to load, set_env or adapt"
+            )
         return make_vec_env(self.env_id, n_envs=n, seed=seed, env_kwargs=self.env_kwargs)
 
     def adapt(self, task: Task, n_updates: int = 1, env: VecEnv | None = None, seed: int | None = None) -> OnPolicyAlgorithm:
@@ -361,7 +426,7 @@ class MetaLearner(CheckpointMixin, BaseAlgorithm):
         names = tuple(env.env_method("get_task", indices=[0])[0])
         self._set_tasks(env, [check_task(task, names)])
         learner = self._make_learner()
-        self._adapt_batch(env, [learner], n_updates, final_rollout=False)
+        self._adapt_batch(env, [learner], n_updates, final_rollout=False, tasks=[task])
         if n_updates == 0:
             self._start_learner(learner)
         learner.set_env(env)
@@ -384,7 +449,7 @@ class MetaLearner(CheckpointMixin, BaseAlgorithm):
         try:
             self._set_tasks(env, list(tasks))
             learners = [self._make_learner() for _ in tasks]
-            returns, _, _ = self._adapt_batch(env, learners, wanted[-1], final_rollout=True)
+            records, _ = self._adapt_batch(env, learners, wanted[-1], final_rollout=True, tasks=list(tasks))
         finally:
             env.close()
-        return {k: returns[k] for k in wanted}
+        return {k: np.array([record.returns[k] for record in records]) for k in wanted}

@@ -7,38 +7,36 @@ from typing import Any
 
 import numpy as np
 import torch
-from gymnasium import spaces
 from stable_baselines3.common.on_policy_algorithm import OnPolicyAlgorithm
 from stable_baselines3.common.policies import BasePolicy
 from stable_baselines3.common.type_aliases import GymEnv, Schedule
 
-from agents.meta.base import MetaLearner
-from agents.recurrent.on_policy import actor_module, is_recurrent, whole_rollout
-from ngrl import conjugate_gradient, flat_grad, get_flat_params, set_flat_params, unflatten
-from ngrl.fisher import CurvatureOperator, actor_parameters, policy_distribution, policy_fisher
+from agents.arguments import check_arguments
+from agents.meta.base import MetaLearner, TaskAdaptation
+from agents.policy_gradient import PolicyGradientBatch, policy_surrogate
+from agents.recurrent.on_policy import actor_module, is_recurrent
+from ngrl import CGConfig, LineSearchConfig, flat_grad, get_flat_params, natural_step, set_flat_params, unflatten
+from ngrl.fisher import CurvatureOperator, MeanOperator, actor_parameters, policy_distribution, policy_fisher
 from ngrl.linearize import module_function
 from ngrl.recurrent import sequence_fisher
-from ngrl.trust_region import backtracking_line_search, kl_step_size
 
-__all__ = ["FOMAML", "META_STEPS", "rollout_fisher", "surrogate_loss"]
-
-META_STEPS = ("optimizer", "natural")
+__all__ = ["FOMAML", "adapted_test_gradient", "rollout_fisher", "surrogate_loss"]
 
 
-def surrogate_loss(learner: OnPolicyAlgorithm, rollout: Any) -> torch.Tensor:
-    """L(φ) = −mean(π_φ(a|s)/π_old(a|s) · Â) on a rollout of ``learner`` (Â standardised as its inner algorithm does).
 
-    Its gradient at φ = φ_old is the negative policy gradient −mean(∇log π · Â). ``rollout`` is the
-    whole rollout of :func:`~agents.recurrent.on_policy.whole_rollout` (sequences for a recurrent policy).
+def surrogate_loss(policy: BasePolicy, batch: PolicyGradientBatch) -> torch.Tensor:
+    """L(φ) = −mean(π_φ(a|s)/π_old(a|s) · Â) on a prepared rollout (Â standardised as the inner learner does).
+
+    Its gradient at φ = φ_old is the negative policy gradient −mean(∇log π · Â).
     """
-    policy = learner.policy
-    actions = rollout.actions.long().flatten() if isinstance(policy.action_space, spaces.Discrete) else rollout.actions
-    advantages = rollout.advantages
-    if getattr(learner, "normalize_advantage", True) and len(advantages) > 1:
-        advantages = (advantages - advantages.mean()) / (advantages.std() + 1e-8)
-    inputs = rollout if is_recurrent(policy) else rollout.observations
-    log_prob = policy_distribution(policy).log_prob(actor_module(policy)(inputs), actions)
-    return -(torch.exp(log_prob - rollout.old_log_prob) * advantages).mean()
+    return -policy_surrogate(policy, batch)
+
+
+def adapted_test_gradient(record: TaskAdaptation) -> torch.Tensor:
+    """∇_φ L_test(φᵢ): the test surrogate's gradient at the adapted actor, on the record's fresh rollout of φᵢ."""
+    if record.test_batch is None:
+        raise ValueError("the record has no test rollout: adapt with test_batches=True")
+    return flat_grad(surrogate_loss(record.policy, record.test_batch), actor_parameters(record.policy))
 
 
 def rollout_fisher(policy: BasePolicy, rollout: Any, damping: float = 0.0) -> CurvatureOperator:
@@ -61,7 +59,9 @@ class FOMAML(MetaLearner):
     (φᵢ), collect fresh rollouts of φᵢ, and step θ with the gradient of the test loss at the adapted
     point, gᵢ = ∇_φ L_test,ᵢ(φᵢ) (the second-order terms dropped): θ ← θ − β · meanᵢ gᵢ through the meta
     optimizer (Adam by default, β = ``learning_rate``). L_test is the policy-gradient surrogate
-    −mean(π_φ/π_old · Â) on the adapted policy's rollouts.
+    −mean(π_φ/π_old · Â) on the adapted policy's rollouts. Everything the update reads comes from the
+    meta-batch's :class:`~agents.meta.base.TaskAdaptation` records (the adapted policy, its test rollout
+    with Â standardised as the inner learner standardises it).
 
     With ``meta_step="natural"`` the outer step is a natural-gradient step in a KL trust region, as
     MAML-RL's TRPO outer loop (Finn et al. 2017, section 5.3) taken to first order: with
@@ -105,8 +105,7 @@ class FOMAML(MetaLearner):
         _init_setup_model: bool = True,
         **kwargs: Any,
     ):
-        if meta_step not in META_STEPS:
-            raise ValueError(f"meta_step must be one of {META_STEPS}, got {meta_step!r}")
+        check_arguments(type(self), locals())
         if not meta_target_kl > 0:
             raise ValueError(f"meta_target_kl must be positive, got {meta_target_kl}")
         if meta_cg_max_steps < 1:
@@ -134,22 +133,17 @@ class FOMAML(MetaLearner):
     def _get_torch_save_params(self) -> tuple[list[str], list[str]]:
         return ["policy", "policy.optimizer", "meta_optimizer"], []
 
-    def _task_meta_gradient(self, learner: OnPolicyAlgorithm, test_gradient: torch.Tensor) -> torch.Tensor:
-        """The meta-gradient of one task from the test gradient at φᵢ: first order, gᵢ = ∇L_test(φᵢ)."""
-        return test_gradient
+    def _outer_update(self, records: Sequence[TaskAdaptation]) -> dict[str, float]:
+        """First order: gᵢ = ∇L_test(φᵢ) on each record's test rollout; θ moves along meanᵢ gᵢ."""
+        meta_gradient = torch.stack([adapted_test_gradient(record) for record in records]).mean(0)  # meanᵢ gᵢ
+        return self._meta_step(records, meta_gradient)
 
-    def _outer_update(self, learners: Sequence[OnPolicyAlgorithm]) -> dict[str, float]:
-        gradients, rollouts = [], []
-        for learner in learners:
-            rollout, _ = whole_rollout(learner.rollout_buffer)  # fresh rollouts of φᵢ
-            test_gradient = flat_grad(surrogate_loss(learner, rollout), actor_parameters(learner.policy))
-            gradients.append(self._task_meta_gradient(learner, test_gradient))
-            rollouts.append(rollout)
-        meta_gradient = torch.stack(gradients).mean(0)  # meanᵢ gᵢ
+    def _meta_step(self, records: Sequence[TaskAdaptation], meta_gradient: torch.Tensor) -> dict[str, float]:
+        """θ ← θ − β · meta_gradient through the meta optimizer, or the natural meta-step; returns values to log."""
         self.last_meta_gradient_ = meta_gradient
         logs = {"meta_gradient_norm": float(meta_gradient.norm())}
         if self.meta_step == "natural":
-            logs.update(self._natural_meta_step(learners, rollouts, meta_gradient))
+            logs.update(self._natural_meta_step(records, meta_gradient))
             return logs
         self._update_learning_rate(self.meta_optimizer)
         self.meta_optimizer.zero_grad(set_to_none=True)
@@ -158,49 +152,54 @@ class FOMAML(MetaLearner):
         self.meta_optimizer.step()
         return logs
 
-    def _natural_meta_step(
-        self, learners: Sequence[OnPolicyAlgorithm], rollouts: Sequence[Any], meta_gradient: torch.Tensor
-    ) -> dict[str, float]:
-        """θ ← θ − α d, d = (meanᵢ F(φᵢ) + λI)⁻¹ g, α from the KL trust region and a backtracking line search."""
-        fishers = [rollout_fisher(learner.policy, rollout) for learner, rollout in zip(learners, rollouts)]
+    def _natural_meta_step(self, records: Sequence[TaskAdaptation], meta_gradient: torch.Tensor) -> dict[str, float]:
+        """θ ← θ − α d, d = (meanᵢ F(φᵢ) + λI)⁻¹ g, α from the KL trust region and a backtracking line search.
 
-        def fisher_mv(v: torch.Tensor) -> torch.Tensor:
-            return torch.stack([f.mv(v) for f in fishers]).mean(0) + self.meta_cg_damping * v
-
-        result = conjugate_gradient(fisher_mv, meta_gradient, max_iter=self.meta_cg_max_steps, tol=1e-10)
-        result.raise_if_not_positive_definite()
-        direction = result.x
-        step_size = kl_step_size(float(torch.dot(direction, fisher_mv(direction))), self.meta_target_kl)
+        Fᵢ is the Fisher of the adapted policy ``records[i].policy`` on its test rollout ``records[i].test_batch``.
+        """
+        policies = [record.policy for record in records]
+        batches = [record.test_batch for record in records]
+        fisher = MeanOperator(
+            [rollout_fisher(policy, batch.rollout) for policy, batch in zip(policies, batches)], damping=self.meta_cg_damping
+        )  # meanᵢ F(φᵢ) + λI
 
         # TRPO's line search on the first-order model: every adapted policy moves with θ.
-        params = [actor_parameters(learner.policy) for learner in learners]
-        adapted = [get_flat_params(p) for p in params]
+        params = [actor_parameters(policy) for policy in policies]
+        adapted = [record.adapted_actor for record in records]
         family = policy_distribution(self.policy)  # one architecture for θ and every φᵢ
         with torch.no_grad():
-            inputs = [rollout if is_recurrent(learner.policy) else rollout.observations for learner, rollout in zip(learners, rollouts)]
-            old_outputs = [actor_module(learner.policy)(x) for learner, x in zip(learners, inputs)]
-            baseline = float(np.mean([surrogate_loss(learner, r).item() for learner, r in zip(learners, rollouts)]))
+            inputs = [batch.actor_inputs for batch in batches]
+            old_outputs = [actor_module(policy)(x) for policy, x in zip(policies, inputs)]
+            baseline = float(np.mean([surrogate_loss(policy, batch).item() for policy, batch in zip(policies, batches)]))
 
         @torch.no_grad()
-        def evaluate(fraction: float) -> tuple[float, float]:
+        def evaluate(step: torch.Tensor) -> tuple[float, float]:
             losses, kls = [], []
-            for learner, rollout, p, phi, x, old in zip(learners, rollouts, params, adapted, inputs, old_outputs):
-                set_flat_params(p, phi - fraction * step_size * direction)
-                losses.append(surrogate_loss(learner, rollout).item())
-                kls.append(family.kl(old, actor_module(learner.policy)(x)).mean().item())
+            for policy, batch, p, phi, x, old in zip(policies, batches, params, adapted, inputs, old_outputs):
+                set_flat_params(p, phi - step)
+                losses.append(surrogate_loss(policy, batch).item())
+                kls.append(family.kl(old, actor_module(policy)(x)).mean().item())
             return -float(np.mean(losses)), float(np.mean(kls))
 
-        try:
-            search = backtracking_line_search(evaluate, baseline_objective=-baseline, max_kl=self.meta_target_kl)
+        try:  # d = (meanᵢ F(φᵢ) + λI)⁻¹ g, α = sqrt(2δ / dᵀ(meanᵢ F(φᵢ) + λI)d), backtracked (ngrl.natural_step)
+            step = natural_step(
+                meta_gradient,
+                fisher,
+                max_kl=self.meta_target_kl,
+                cg=CGConfig(max_iter=self.meta_cg_max_steps),
+                line_search=LineSearchConfig(),
+                evaluate=evaluate,
+                baseline_objective=-baseline,
+            )
         finally:
             for p, phi in zip(params, adapted):
                 set_flat_params(p, phi)
-        if search.success:
+        if step.fraction > 0.0:
             theta = get_flat_params(self._actor_params)
-            set_flat_params(self._actor_params, theta - search.fraction * step_size * direction)
+            set_flat_params(self._actor_params, theta - step.step_size * step.direction)
         return {
-            "natural_kl": search.kl,
-            "natural_step_size": search.fraction * step_size,
-            "natural_cg_iterations": float(result.iterations),
-            "natural_line_search_steps": float(search.steps),
+            "natural_kl": step.measured_kl,
+            "natural_step_size": step.step_size,
+            "natural_cg_iterations": float(step.solve.iterations),
+            "natural_line_search_steps": float(step.line_search_steps),
         }

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -11,15 +11,16 @@ from stable_baselines3.common.on_policy_algorithm import OnPolicyAlgorithm
 from stable_baselines3.common.policies import BasePolicy
 from stable_baselines3.common.type_aliases import GymEnv, Schedule
 
-from agents.meta.fomaml import FOMAML, rollout_fisher, surrogate_loss
-from agents.recurrent.on_policy import whole_rollout
+from agents.arguments import check_arguments
+from agents.meta.base import TaskAdaptation
+from agents.meta.fomaml import FOMAML, adapted_test_gradient, rollout_fisher, surrogate_loss
+from agents.policy_gradient import PolicyGradientBatch, PolicyUpdate
 from ngrl import get_flat_params, set_flat_params
 from ngrl.fisher import actor_parameters
 from ngrl.implicit import hessian_vector_product, implicit_meta_gradient, proximal_shrink
 
 __all__ = ["IMAML"]
 
-CURVATURES = ("hessian", "fisher")
 
 
 class IMAML(FOMAML):
@@ -69,8 +70,7 @@ class IMAML(FOMAML):
         cg_tol: float = 1e-6,
         **kwargs: Any,
     ):
-        if curvature not in CURVATURES:
-            raise ValueError(f"curvature must be one of {CURVATURES}, got {curvature!r}")
+        check_arguments(type(self), locals())
         if not lam > 0:
             raise ValueError(f"lam must be positive, got {lam}")
         if proximal_step < 0:
@@ -85,51 +85,35 @@ class IMAML(FOMAML):
             n_steps=n_steps, **kwargs,
         )
 
-    def _setup_model(self) -> None:
-        super()._setup_model()
-        self._inner_batches: dict[int, Any] = {}
-        self._solves: list[Any] = []
-
-    def _excluded_save_params(self) -> list[str]:
-        return [*super()._excluded_save_params(), "_inner_batches", "_solves"]
-
-    def _adapt_batch(self, *args: Any, **kwargs: Any):
-        self._inner_batches.clear()  # batches of an earlier adapt() or evaluation are not needed any more
-        return super()._adapt_batch(*args, **kwargs)
-
-    def _after_inner_update(self, learner: OnPolicyAlgorithm, theta: torch.Tensor) -> None:
+    def _inner_step(self, learner: OnPolicyAlgorithm, theta: torch.Tensor) -> PolicyUpdate | None:
+        """The inner algorithm's update, then the proximal step φ ← θ + (φ − θ)/(1 + ηλ)."""
+        update = learner.train()
         params = actor_parameters(learner.policy)
         set_flat_params(params, proximal_shrink(get_flat_params(params), theta, lam=self.lam, step=self.proximal_step))
-        # Keep the rollout this update used: L̂ᵢ's curvature is taken on it at the adapted point.
-        self._inner_batches[id(learner)] = whole_rollout(learner.rollout_buffer)[0]
+        return update
 
-    def _curvature_mv(self, learner: OnPolicyAlgorithm):
-        """v ↦ C v at φᵢ on the last inner rollout, or None when there was no inner update."""
-        batch = self._inner_batches.get(id(learner))
-        if batch is None:
-            return None
-        params = actor_parameters(learner.policy)
+    def _curvature_mv(self, policy: BasePolicy, batch: PolicyGradientBatch) -> Callable[[torch.Tensor], torch.Tensor]:
+        """v ↦ C v at the adapted actor of ``policy`` on ``batch`` (the rollout of the last inner update)."""
         if self.curvature == "hessian":
-            return hessian_vector_product(surrogate_loss(learner, batch), params)
-        return rollout_fisher(learner.policy, batch).mv  # recurrent: through the unrolled recurrence
+            return hessian_vector_product(surrogate_loss(policy, batch), actor_parameters(policy))
+        return rollout_fisher(policy, batch.rollout).mv  # recurrent: through the unrolled recurrence
 
-    def _task_meta_gradient(self, learner: OnPolicyAlgorithm, test_gradient: torch.Tensor) -> torch.Tensor:
-        """gᵢ = (I + C/λ)⁻¹ ∇L_test(φᵢ) by conjugate gradient (eq. 7 of the paper)."""
-        curvature_mv = self._curvature_mv(learner)
-        if curvature_mv is None:  # k = 0: φᵢ = θ, dφ/dθ = I
-            return test_gradient
-        result = implicit_meta_gradient(curvature_mv, test_gradient, lam=self.lam, max_iter=self.cg_max_steps, tol=self.cg_tol)
-        self._solves.append(result)
-        if result.status == "not_positive_definite" and result.iterations == 0:
-            return test_gradient
-        return result.x
-
-    def _outer_update(self, learners: Sequence[OnPolicyAlgorithm]) -> dict[str, float]:
-        self._solves = []
-        logs = super()._outer_update(learners)
-        self._inner_batches.clear()
-        if self._solves:
-            logs["implicit_cg_iterations"] = float(np.mean([r.iterations for r in self._solves]))
-            logs["implicit_cg_residual"] = float(np.mean([r.residual_norm for r in self._solves]))
-            logs["implicit_not_pd"] = float(sum(r.status == "not_positive_definite" for r in self._solves))
+    def _outer_update(self, records: Sequence[TaskAdaptation]) -> dict[str, float]:
+        """gᵢ = (I + C/λ)⁻¹ ∇L_test(φᵢ) by conjugate gradient for each record (eq. 7 of the paper); θ moves along meanᵢ gᵢ."""
+        gradients, solves = [], []
+        for record in records:
+            test_gradient = adapted_test_gradient(record)
+            if record.inner_batch is None:  # k = 0: φᵢ = θ, dφ/dθ = I
+                gradients.append(test_gradient)
+                continue
+            curvature_mv = self._curvature_mv(record.policy, record.inner_batch)
+            result = implicit_meta_gradient(curvature_mv, test_gradient, lam=self.lam, max_iter=self.cg_max_steps, tol=self.cg_tol)
+            solves.append(result)
+            not_pd_at_once = result.status == "not_positive_definite" and result.iterations == 0
+            gradients.append(test_gradient if not_pd_at_once else result.x)
+        logs = self._meta_step(records, torch.stack(gradients).mean(0))  # meanᵢ gᵢ
+        if solves:
+            logs["implicit_cg_iterations"] = float(np.mean([r.iterations for r in solves]))
+            logs["implicit_cg_residual"] = float(np.mean([r.residual_norm for r in solves]))
+            logs["implicit_not_pd"] = float(sum(r.status == "not_positive_definite" for r in solves))
         return logs

@@ -9,6 +9,7 @@ import torch
 from gymnasium import spaces
 from torch import Tensor
 
+from agents.policy_gradient import standardize_advantages, surrogate_objective
 from ngrl.fisher import ActorOutputs, actor_parameters, policy_distribution
 
 __all__ = ["maml_meta_gradient"]
@@ -35,9 +36,9 @@ def maml_meta_gradient(policy: Any, inner_batches: Sequence[Any], test_batch: An
 
     def loss(values: Sequence[Tensor], batch: Any) -> Tensor:
         actions = batch.actions.long().flatten() if isinstance(policy.action_space, spaces.Discrete) else batch.actions
-        advantages = (batch.advantages - batch.advantages.mean()) / (batch.advantages.std() + 1e-8)
+        advantages = standardize_advantages(batch.advantages)
         outputs = torch.func.functional_call(actor, dict(zip(names, values)), (batch.observations,))
-        return -(torch.exp(family.log_prob(outputs, actions) - batch.old_log_prob) * advantages).mean()
+        return -surrogate_objective(family, outputs, actions, batch.old_log_prob, advantages)
 
     phi: list[Tensor] = list(theta)
     for batch in inner_batches:

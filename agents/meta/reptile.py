@@ -10,7 +10,8 @@ from stable_baselines3.common.on_policy_algorithm import OnPolicyAlgorithm
 from stable_baselines3.common.policies import BasePolicy
 from stable_baselines3.common.type_aliases import GymEnv, Schedule
 
-from agents.meta.base import MetaLearner
+from agents.arguments import check_arguments
+from agents.meta.base import MetaLearner, TaskAdaptation
 from ngrl import get_flat_params, set_flat_params
 
 __all__ = ["Reptile"]
@@ -47,15 +48,16 @@ class Reptile(MetaLearner):
         n_steps: int = 500,
         **kwargs: Any,
     ):
+        check_arguments(type(self), locals())
         super().__init__(
             policy, env, learning_rate, inner_algo=inner_algo, inner_updates=inner_updates, meta_batch_size=meta_batch_size,
             n_steps=n_steps, **kwargs,
         )
 
-    def _outer_update(self, learners: Sequence[OnPolicyAlgorithm]) -> dict[str, float]:
+    def _outer_update(self, records: Sequence[TaskAdaptation]) -> dict[str, float]:
         epsilon = float(self.lr_schedule(self._current_progress_remaining))
         theta = get_flat_params(self._actor_params)
-        mean_phi = torch.stack(self.adapted_params_).mean(0)
+        mean_phi = torch.stack([record.adapted_actor for record in records]).mean(0)
         step = epsilon * (mean_phi - theta)  # θ ← θ + ε · meanᵢ(φᵢ − θ)
         set_flat_params(self._actor_params, theta + step)
         return {"step_norm": float(step.norm()), "epsilon": epsilon}

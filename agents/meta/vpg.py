@@ -4,24 +4,24 @@ from __future__ import annotations
 
 from typing import Any, ClassVar
 
-import numpy as np
 import torch
 from gymnasium import spaces
-from torch.nn import functional as F
 from stable_baselines3.common.on_policy_algorithm import OnPolicyAlgorithm
 from stable_baselines3.common.policies import ActorCriticCnnPolicy, ActorCriticPolicy, BasePolicy, MultiInputActorCriticPolicy
 from stable_baselines3.common.type_aliases import GymEnv, Schedule
 
+from agents.arguments import check_arguments, check_spaces
 from agents.common import CheckpointMixin
 from agents.recurrent import CnnErnnPolicy, MlpErnnPolicy
-from agents.recurrent.on_policy import RecurrentOnPolicyMixin, whole_rollout
+from agents.policy_gradient import PolicyGradientMixin, PolicyUpdate
+from agents.recurrent.on_policy import RecurrentOnPolicyMixin
 from ngrl import flat_grad, get_flat_params, set_flat_params
 from ngrl.fisher import policy_distribution
 
 __all__ = ["VPG"]
 
 
-class VPG(CheckpointMixin, RecurrentOnPolicyMixin, OnPolicyAlgorithm):
+class VPG(CheckpointMixin, PolicyGradientMixin, RecurrentOnPolicyMixin, OnPolicyAlgorithm):
     """
     Vanilla policy gradient (Williams 1992, REINFORCE; Sutton et al. 2000, with a learned baseline):
     θ ← θ + α ĝ with ĝ = (1/N) Σₜ ∇_θ log π_θ(aₜ|sₜ) Âₜ (GAE advantages). The inner-loop step of
@@ -81,6 +81,7 @@ class VPG(CheckpointMixin, RecurrentOnPolicyMixin, OnPolicyAlgorithm):
         device: torch.device | str = "auto",
         _init_setup_model: bool = True,
     ):
+        check_arguments(type(self), locals())
         super().__init__(
             policy,
             env,
@@ -102,6 +103,8 @@ class VPG(CheckpointMixin, RecurrentOnPolicyMixin, OnPolicyAlgorithm):
             _init_setup_model=False,
             supported_action_spaces=(spaces.Box, spaces.Discrete, spaces.MultiDiscrete, spaces.MultiBinary),
         )
+        if self.env is not None:
+            check_spaces(self.observation_space, self.action_space)
         if not step_size > 0:
             raise ValueError(f"step_size must be positive, got {step_size}")
         if sequence_length is not None and (sequence_length < 1 or n_steps % sequence_length):
@@ -121,39 +124,22 @@ class VPG(CheckpointMixin, RecurrentOnPolicyMixin, OnPolicyAlgorithm):
     def _excluded_save_params(self) -> list[str]:
         return [*super()._excluded_save_params(), "_family"]
 
-    def train(self) -> None:
+    def train(self) -> PolicyUpdate:
         """θ ← θ + α ĝ on the whole rollout, then the critic's epochs."""
         self.policy.set_training_mode(True)
         self._update_learning_rate(self.policy.optimizer)
-        rollout, actor_inputs = whole_rollout(self.rollout_buffer)
-        actions = rollout.actions.long().flatten() if isinstance(self.action_space, spaces.Discrete) else rollout.actions
-        advantages = rollout.advantages
-        if not torch.isfinite(advantages).all():
-            raise ValueError("NaN or inf in the advantages: check the env's rewards, or lower learning_rate of the critic")
-        if self.normalize_advantage and len(advantages) > 1:
-            advantages = (advantages - advantages.mean()) / (advantages.std() + 1e-8)
-
+        batch = self.policy_gradient_batch()
         params = self._actor_params
-        outputs = self._actor(actor_inputs)
-        ratio = torch.exp(self._family.log_prob(outputs, actions) - rollout.old_log_prob)
-        gradient = flat_grad((ratio * advantages).mean(), params)  # ĝ = mean ∇log π · Â at θ_old
+        outputs = self._actor(batch.actor_inputs)
+        gradient = flat_grad(batch.surrogate(self._family, outputs), params)  # ĝ = mean ∇log π · Â at θ_old
         set_flat_params(params, get_flat_params(params) + self.step_size * gradient)
         with torch.no_grad():
-            kl = float(self._family.kl(outputs.detach(), self._actor(actor_inputs)).mean())
-
-        value_losses = []
-        for _ in range(self.n_critic_updates):
-            for batch, values in self._critic_batches():
-                value_loss = F.mse_loss(batch.returns, values)
-                self.policy.optimizer.zero_grad(set_to_none=True)
-                value_loss.backward()
-                for p in params:  # the critic must not move the actor
-                    p.grad = None
-                self.policy.optimizer.step()
-                value_losses.append(value_loss.item())
+            kl = float(self._family.kl(outputs.detach(), self._actor(batch.actor_inputs)).mean())
+        value_loss = self._fit_critic()
 
         self._n_updates += 1
         self.logger.record("train/kl", kl)
         self.logger.record("train/policy_gradient_norm", float(gradient.norm()))
-        self.logger.record("train/value_loss", float(np.mean(value_losses)) if value_losses else 0.0)
+        self.logger.record("train/value_loss", value_loss)
         self.logger.record("train/n_updates", self._n_updates, exclude="tensorboard")
+        return PolicyUpdate(batch, kl)

@@ -3,21 +3,22 @@
 from __future__ import annotations
 
 import math
-from typing import Any, NamedTuple, TypeVar
+from typing import Any, ClassVar, NamedTuple, TypeVar
 
 import numpy as np
 import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 from stable_baselines3.common.buffers import ReplayBuffer
-from stable_baselines3.common.off_policy_algorithm import OffPolicyAlgorithm
+from stable_baselines3.common.policies import BasePolicy
 from stable_baselines3.common.type_aliases import GymEnv, MaybeCallback, ReplayBufferSamples, Schedule
-from stable_baselines3.common.utils import LinearSchedule, get_parameters_by_name
 from stable_baselines3.dqn import DQN
 from stable_baselines3.dqn.policies import DQNPolicy, QNetwork
 
+from agents.arguments import check_arguments, check_spaces
 from agents.common import CheckpointMixin
-from ngrl import conjugate_gradient, flatten, kl_step_size, unflatten
+from agents.ngdqn.policies import CnnPolicy, MlpPolicy, MultiInputPolicy
+from ngrl import CGConfig, flatten, natural_step, unflatten
 from ngrl.damping import levenberg_marquardt, reduction_ratio
 from ngrl.fisher import gauss_newton
 
@@ -25,8 +26,6 @@ __all__ = ["NGDQN"]
 
 SelfNGDQN = TypeVar("SelfNGDQN", bound="NGDQN")
 
-CURVATURE_OUTPUTS = ("action", "all")
-TD_LOSSES = ("mse", "huber")
 
 
 class StepStats(NamedTuple):
@@ -74,20 +73,24 @@ class NGDQN(CheckpointMixin, DQN):
         L(θ) = (1/n) Σᵢ ℓ(Q_θ(sᵢ, aᵢ) − yᵢ),   solve (G + dI) x = ∇L by ≤ ``cg_max_steps`` CG iterations,
         θ ← θ − η x
 
-    with G never formed (one jvp and one vjp per product, ``ngrl.fisher.gauss_newton``). σ = 1: with
-    ℓ(r) = r²/2 (``td_loss="mse"``), G is exactly the Gauss–Newton matrix of L; another σ would
-    only rescale d. η follows ``learning_rate`` (a constant or SB3 schedule); with ``target_kl`` = δ it is
-    capped so that the quadratic KL of the output model, ½η²xᵀGx, stays ≤ δ. The damping d is fixed
-    or adapted by the Levenberg–Marquardt rule from the reduction ratio
-    ρ = (L(θ − ηx) − L(θ)) / (−η gᵀx + ½η² xᵀGx) measured on the same minibatch (``ngrl.damping``).
+    with G never formed (one jvp and one vjp per product, ``ngrl.fisher.gauss_newton``), through
+    ``ngrl.natural_step`` with a fixed rate. σ = 1: with ℓ(r) = r²/2 (``td_loss="mse"``), G is exactly
+    the Gauss–Newton matrix of L; another σ would only rescale d. η follows ``learning_rate`` (a constant
+    or SB3 schedule); with ``target_kl`` = δ it is capped so that the quadratic KL model of the step,
+    ½η²xᵀ(G + dI)x — the damped operator the solve used, as in every natural step of ngrl — stays ≤ δ.
+    The damping d is fixed or adapted by the Levenberg–Marquardt rule from the reduction ratio
+    ρ = (L(θ − ηx) − L(θ)) / (−η gᵀx + ½η² xᵀGx) (the undamped model of L; Martens 2010, §4.1)
+    measured on the same minibatch (``ngrl.damping``).
 
-    The paper runs without a target network: ``target_update_interval=None`` (the default) bootstraps y
-    from the online network itself (y is held constant within a step). With an integer, DQN's target
-    network is used and refreshed as in DQN. Measured on CartPole-v1 (2 seeds, 50k steps, η = 0.1 and
+    The paper runs without a target network: ``target_network=False`` (the default) bootstraps y from
+    the online network itself (y is held constant within a step); the TD target is the only place the
+    flag is read. With ``target_network=True`` y reads DQN's target network. Either way DQN keeps its
+    target copy in step every ``target_update_interval`` steps, as DQN does. Measured on CartPole-v1 (2 seeds, 50k steps, η = 0.1 and
     0.3; ``bench/results/ngdqn_tuning_*``): without a target network NGDQN reached 475 (η = 0.3: at 15k
     and 45k), with one refreshed every 500 steps it never did (best evaluation 302 over the 4 runs), so the
     default is no target network. Defaults (η = 0.6, adaptive d from 0.1, 5 CG iterations, batch 64)
     are the ones measured best on CartPole-v1 among the few tried (see ``configs/ngdqn.yml``).
+    DQN's policies are used without their Adam optimizer (``agents.ngdqn.policies``).
 
     :param policy: the policy model ("MlpPolicy", "CnnPolicy", "MultiInputPolicy" or a DQNPolicy class)
     :param env: the environment to learn from (an env id, an env or a VecEnv)
@@ -103,8 +106,9 @@ class NGDQN(CheckpointMixin, DQN):
     :param replay_buffer_kwargs: its keyword arguments
     :param optimize_memory_usage: memory-efficient replay buffer
     :param n_steps: n-step returns (SB3's NStepReplayBuffer) when > 1
-    :param target_update_interval: environment steps between target-network updates; None: no target
-        network (the paper's setting)
+    :param target_network: bootstrap y from DQN's target network (True) or from the online network
+        (False, the paper's setting)
+    :param target_update_interval: environment steps between target-network updates (as in DQN)
     :param exploration_fraction: fraction of training over which ε decays
     :param exploration_initial_eps: initial ε
     :param exploration_final_eps: final ε
@@ -116,8 +120,8 @@ class NGDQN(CheckpointMixin, DQN):
     :param cg_tol: relative residual at which conjugate gradient stops early
     :param curvature_outputs: ``"action"`` (G of the taken action's Q-value) or ``"all"`` (of all Q-values)
     :param td_loss: ``"mse"`` (½ r², the Gaussian negative log-likelihood) or ``"huber"`` (DQN's smooth L1)
-    :param target_kl: bound δ on the quadratic KL ½η²xᵀGx of a step (None: no bound)
-    :param use_preconditioner: precondition CG with diag(G) + d
+    :param target_kl: bound δ on the quadratic KL model ½η²xᵀ(G + dI)x of a step (None: no bound)
+    :param preconditioner: how CG is preconditioned: None (or "none") or "diagonal" (diag(G) + d)
     :param stats_window_size: episodes averaged in the rollout logs
     :param tensorboard_log: tensorboard log folder (None: no tensorboard)
     :param policy_kwargs: keyword arguments of the policy
@@ -126,6 +130,12 @@ class NGDQN(CheckpointMixin, DQN):
     :param device: "auto", "cpu" or "cuda"
     :param _init_setup_model: build the networks at construction
     """
+
+    policy_aliases: ClassVar[dict[str, type[BasePolicy]]] = {
+        "MlpPolicy": MlpPolicy,
+        "CnnPolicy": CnnPolicy,
+        "MultiInputPolicy": MultiInputPolicy,
+    }
 
     def __init__(
         self,
@@ -143,7 +153,8 @@ class NGDQN(CheckpointMixin, DQN):
         replay_buffer_kwargs: dict[str, Any] | None = None,
         optimize_memory_usage: bool = False,
         n_steps: int = 1,
-        target_update_interval: int | None = None,
+        target_network: bool = False,
+        target_update_interval: int = 10000,
         exploration_fraction: float = 0.1,
         exploration_initial_eps: float = 1.0,
         exploration_final_eps: float = 0.05,
@@ -155,7 +166,7 @@ class NGDQN(CheckpointMixin, DQN):
         curvature_outputs: str = "action",
         td_loss: str = "mse",
         target_kl: float | None = None,
-        use_preconditioner: bool = False,
+        preconditioner: str | None = None,
         stats_window_size: int = 100,
         tensorboard_log: str | None = None,
         policy_kwargs: dict[str, Any] | None = None,
@@ -164,20 +175,19 @@ class NGDQN(CheckpointMixin, DQN):
         device: torch.device | str = "auto",
         _init_setup_model: bool = True,
     ) -> None:
-        if target_update_interval is not None and target_update_interval < 1:
-            raise ValueError(
-                f"target_update_interval must be a positive number of steps, or None to run without a target network; got {target_update_interval}"
-            )
+        check_arguments(type(self), locals())
+        if target_update_interval is None:
+            raise ValueError("target_update_interval=None is gone: pass target_network=False to run without a target network")
+        if target_update_interval < 1:
+            raise ValueError(f"target_update_interval must be a positive number of steps, got {target_update_interval}")
+        if preconditioner == "none":
+            preconditioner = None
         adaptive, initial_damping = _parse_damping(damping)
         low, high = damping_bounds
         if not 0 < low <= high:
             raise ValueError(f"damping_bounds must satisfy 0 < min <= max, got {damping_bounds}")
         if cg_max_steps < 1:
             raise ValueError(f"cg_max_steps must be at least 1, got {cg_max_steps}")
-        if curvature_outputs not in CURVATURE_OUTPUTS:
-            raise ValueError(f"curvature_outputs must be one of {CURVATURE_OUTPUTS}, got {curvature_outputs!r}")
-        if td_loss not in TD_LOSSES:
-            raise ValueError(f"td_loss must be one of {TD_LOSSES}, got {td_loss!r}")
         if target_kl is not None and not target_kl > 0:
             raise ValueError(f"target_kl must be positive (or None for no bound), got {target_kl}")
         if max_grad_norm is not None and not max_grad_norm > 0:
@@ -197,7 +207,7 @@ class NGDQN(CheckpointMixin, DQN):
             replay_buffer_kwargs=replay_buffer_kwargs,
             optimize_memory_usage=optimize_memory_usage,
             n_steps=n_steps,
-            target_update_interval=target_update_interval,  # type: ignore[arg-type]  # None: no target network
+            target_update_interval=target_update_interval,
             exploration_fraction=exploration_fraction,
             exploration_initial_eps=exploration_initial_eps,
             exploration_final_eps=exploration_final_eps,
@@ -210,6 +220,9 @@ class NGDQN(CheckpointMixin, DQN):
             device=device,
             _init_setup_model=False,
         )
+        if self.env is not None:
+            check_spaces(self.observation_space, self.action_space)
+        self.target_network = target_network
         self.damping = damping
         self.damping_bounds = (float(low), float(high))
         self.adaptive_damping = adaptive
@@ -219,42 +232,28 @@ class NGDQN(CheckpointMixin, DQN):
         self.curvature_outputs = curvature_outputs
         self.td_loss = td_loss
         self.target_kl = target_kl
-        self.use_preconditioner = use_preconditioner
+        self.preconditioner = preconditioner
         if _init_setup_model:
             self._setup_model()
 
     # --- plumbing ---------------------------------------------------------------------------
 
     def _setup_model(self) -> None:
-        if self.target_update_interval is not None:
-            super()._setup_model()
-            return
-        # DQN._setup_model compares n_envs with the target interval; without a target network that
-        # check has no meaning, so the rest of it is done here.
-        OffPolicyAlgorithm._setup_model(self)
-        self._create_aliases()
-        self.batch_norm_stats = get_parameters_by_name(self.q_net, ["running_"])
-        self.batch_norm_stats_target = get_parameters_by_name(self.q_net_target, ["running_"])
-        self.exploration_schedule = LinearSchedule(
-            self.exploration_initial_eps, self.exploration_final_eps, self.exploration_fraction
-        )
-
-    def _create_aliases(self) -> None:
-        super()._create_aliases()
+        if "use_preconditioner" in self.__dict__:  # a checkpoint saved before `preconditioner` and `target_network`
+            self.preconditioner = "diagonal" if self.__dict__.pop("use_preconditioner") else None
+            self.target_network = self.target_update_interval is not None
+            if self.target_update_interval is None:
+                self.target_update_interval = 10000
+        super()._setup_model()
         # θ: every parameter of the online Q-network, features extractor included, in module order.
         self._q_params = list(self.q_net.parameters())
 
     def _excluded_save_params(self) -> list[str]:
         return [*super()._excluded_save_params(), "_q_params"]
 
-    def _on_step(self) -> None:
-        if self.target_update_interval is not None:
-            super()._on_step()
-            return
-        # No target network: only the exploration schedule moves.
-        self._n_calls += 1
-        self.exploration_rate = self.exploration_schedule(self._current_progress_remaining)
-        self.logger.record("rollout/exploration_rate", self.exploration_rate)
+    def _get_torch_save_params(self) -> tuple[list[str], list[str]]:
+        # NGDQN's policies have no optimizer; a checkpoint older than them was saved with DQN's (and its Adam).
+        return (["policy"] if self.policy.optimizer is None else ["policy", "policy.optimizer"]), []
 
     def _q_function(self, observations: Any) -> tuple[nn.Module, Any]:
         """(f, inputs) with Q_θ(s) = f(inputs): the MLP head on the extracted features when the
@@ -275,7 +274,7 @@ class NGDQN(CheckpointMixin, DQN):
 
     def _td_target(self, data: ReplayBufferSamples) -> Tensor:
         """y = r + γ (1 − done) maxₐ′ Q̄(s′, a′); Q̄ the target network, or the online one without it."""
-        bootstrap = self.q_net_target if self.target_update_interval is not None else self.q_net
+        bootstrap = self.q_net_target if self.target_network else self.q_net
         discounts = data.discounts if data.discounts is not None else self.gamma
         with torch.no_grad():
             next_q = self._q_values(bootstrap, data.next_observations).max(dim=1).values.reshape(-1, 1)
@@ -296,8 +295,10 @@ class NGDQN(CheckpointMixin, DQN):
         fn, inputs = self._q_function(data.observations)
         n = target.shape[0]
         # G = (1/n) Σ Jᵢᵀ Jᵢ (σ = 1) of the taken action's Q-value or of all of them.
-        curvature = gauss_newton(
-            fn, params, inputs, sigma=1.0, output_index=actions.reshape(-1) if self.curvature_outputs == "action" else None
+        damping = self.damping_value
+        curvature = gauss_newton(  # G + dI: the damping lives in the operator
+            fn, params, inputs, sigma=1.0, damping=damping,
+            output_index=actions.reshape(-1) if self.curvature_outputs == "action" else None,
         )
         linearization = curvature.linearization
         q_taken = linearization.outputs.gather(1, actions).reshape(-1)
@@ -311,27 +312,20 @@ class NGDQN(CheckpointMixin, DQN):
             norm = torch.linalg.vector_norm(gradient)
             rhs = gradient * torch.clamp(self.max_grad_norm / (norm + 1e-12), max=1.0)
 
-        damping = self.damping_value
-        preconditioner = curvature.diagonal() + damping if self.use_preconditioner else None
-        if self.use_preconditioner and damping == 0:
+        preconditioner = curvature.diagonal() if self.preconditioner == "diagonal" else None
+        if preconditioner is not None and damping == 0:
             preconditioner = preconditioner + 1e-8  # diag(G) may vanish on dead units
-        result = conjugate_gradient(
-            curvature.mv, rhs, max_iter=self.cg_max_steps, tol=self.cg_tol, damping=damping, preconditioner=preconditioner
-        ).raise_if_not_positive_definite()
-        direction = result.x
-
-        step_size = learning_rate
-        need_quadratic = self.target_kl is not None or self.adaptive_damping
-        quadratic = float("nan")
-        if need_quadratic:
-            # xᵀGx = (1/n) Σᵢ ‖Jᵢx‖² over the outputs G counts: one jvp, no vjp.
-            change = linearization.jvp(unflatten(direction, params))
-            if self.curvature_outputs == "action":
-                change = change.gather(1, actions)
-            quadratic = float(change.square().sum()) / n
-        if self.target_kl is not None and quadratic > 0:
-            # KL(N(Q_old, 1) ‖ N(Q_new, 1)) ≈ ½η² xᵀGx ≤ δ  ⇒  η ≤ sqrt(2δ / xᵀGx).
-            step_size = min(step_size, kl_step_size(quadratic, self.target_kl))
+        # x = (G + dI)⁻¹∇L, η capped so that ½η²xᵀ(G + dI)x ≤ δ (ngrl.natural_step, fixed rate)
+        step = natural_step(
+            rhs,
+            curvature,
+            learning_rate=learning_rate,
+            max_kl=self.target_kl,
+            cg=CGConfig(max_iter=self.cg_max_steps, tol=self.cg_tol),
+            preconditioner=preconditioner,
+            need_quadratic=self.adaptive_damping,
+        )
+        result, direction, step_size = step.solve, step.direction, step.step_size
 
         with torch.no_grad():
             for param, change in zip(params, unflatten(direction, params)):
@@ -342,7 +336,8 @@ class NGDQN(CheckpointMixin, DQN):
             with torch.no_grad():
                 q_new = self._q_values(self.q_net, data.observations).gather(1, actions).reshape(-1)
                 new_loss, _ = self._loss_and_residual_grad(q_new - target)
-            # M(−ηx) − M(0) = −η gᵀx + ½η² xᵀGx: the change the quadratic model predicts.
+            # M(−ηx) − M(0) = −η gᵀx + ½η² xᵀGx (undamped: xᵀGx = xᵀ(G + dI)x − d‖x‖²)
+            quadratic = step.quadratic - damping * float(torch.dot(direction, direction))
             predicted = -step_size * float(torch.dot(gradient, direction)) + 0.5 * step_size**2 * quadratic
             ratio = reduction_ratio(float(new_loss - loss), predicted)
             low, high = self.damping_bounds
@@ -352,9 +347,8 @@ class NGDQN(CheckpointMixin, DQN):
     def train(self, gradient_steps: int, batch_size: int = 100) -> None:
         """``gradient_steps`` natural-gradient steps, each on a fresh minibatch from the replay buffer."""
         self.policy.set_training_mode(True)
-        # Logs train/learning_rate; the (unused) Adam optimizer of DQNPolicy follows the schedule too.
-        self._update_learning_rate(self.policy.optimizer)
         learning_rate = float(self.lr_schedule(self._current_progress_remaining))
+        self.logger.record("train/learning_rate", learning_rate)
 
         steps: list[StepStats] = []
         for _ in range(gradient_steps):

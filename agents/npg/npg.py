@@ -4,46 +4,56 @@ from __future__ import annotations
 
 from typing import Any, ClassVar, TypeVar
 
-import numpy as np
 import torch
 from gymnasium import spaces
-from torch.nn import functional as F
 from stable_baselines3.common.on_policy_algorithm import OnPolicyAlgorithm
 from stable_baselines3.common.policies import BasePolicy
 from stable_baselines3.common.type_aliases import GymEnv, MaybeCallback, Schedule
 from stable_baselines3.common.utils import explained_variance
 
+from agents.arguments import check_arguments, check_spaces
 from agents.common import CheckpointMixin
 from agents.npg.policies import CnnPolicy, MlpPolicy, MultiInputPolicy
 from agents.recurrent import CnnErnnPolicy, MlpErnnPolicy
-from agents.recurrent.on_policy import RecurrentOnPolicyMixin, whole_rollout
+from agents.policy_gradient import PolicyGradientMixin, PolicyUpdate
+from agents.recurrent.on_policy import RecurrentOnPolicyMixin
 from ngrl import (
-    backtracking_line_search,
-    conjugate_gradient,
+    CGConfig,
+    CGResult,
+    LineSearchConfig,
     fit_compatible_advantage,
     flat_grad,
     get_flat_params,
-    kl_step_size,
+    natural_step,
     set_flat_params,
 )
-from ngrl.fisher import ESTIMATORS, KFACOperator, policy_distribution, policy_fisher, policy_linearization
+from ngrl.fisher import (
+    KFACOperator,
+    kfac_from_linearization,
+    policy_distribution,
+    policy_fisher,
+    policy_linearization,
+)
 from ngrl.linearize import module_function
 from ngrl.recurrent import SequenceLinearization, sequence_fisher
 
 SelfNPG = TypeVar("SelfNPG", bound="NPG")
 
 
-class NPG(CheckpointMixin, RecurrentOnPolicyMixin, OnPolicyAlgorithm):
+
+class NPG(CheckpointMixin, PolicyGradientMixin, RecurrentOnPolicyMixin, OnPolicyAlgorithm):
     """
     Natural Policy Gradient with a KL trust region (Kakade 2002, "A Natural Policy Gradient";
     Peters & Schaal 2008, "Natural Actor-Critic"; step rule of Schulman et al. 2015, App. C).
 
     Each update takes the policy-gradient estimate g = ∇_θ E[r(θ)Â] at θ_old and the natural direction
-    w = F⁻¹g, either by conjugate gradient on Fisher-vector products (``natural_direction="cg"``) or by
-    fitting the advantages on compatible features ψ = ∇log π (``"cfa"``, the natural actor-critic view:
-    the least-squares w equals F⁻¹g). The step θ ← θ + αw uses α = sqrt(2δ / wᵀFw), the largest step
-    whose quadratic KL model stays within ``target_kl`` = δ; with ``line_search=True`` the step is
-    shrunk until the surrogate improves and the exact KL is ≤ δ (which makes it TRPO). The value
+    w = (F + λI)⁻¹g (λ = ``cg_damping``), either by conjugate gradient on Fisher-vector products
+    (``natural_direction="cg"``) or by fitting the advantages on compatible features ψ = ∇log π with
+    ridge λ (``"cfa"``, the natural actor-critic view: the least-squares w equals (F + λI)⁻¹g). The
+    step θ ← θ + αw uses α = sqrt(2δ / wᵀ(F + λI)w), the largest step whose quadratic KL model
+    ½α²wᵀ(F + λI)w equals ``target_kl`` = δ (F being the Fisher of the chosen estimator, on the
+    sub-sampled states; ``ngrl.natural_step``); with ``line_search=True`` the step is shrunk until
+    the surrogate improves and the exact KL is ≤ δ (which makes it TRPO). The value
     function is fitted with the policy's optimizer (Adam) on GAE returns; its gradients never touch
     the actor's parameters.
 
@@ -61,14 +71,15 @@ class NPG(CheckpointMixin, RecurrentOnPolicyMixin, OnPolicyAlgorithm):
     :param batch_size: minibatch size of the critic updates
     :param gamma: discount factor
     :param gae_lambda: λ of generalised advantage estimation
-    :param target_kl: trust-region radius δ (mean KL between successive policies)
-    :param fisher_estimator: "exact" (default), "score", "empirical", "diagonal" or "kfac" (see ``ngrl.fisher.policy_fisher``;
-        with "kfac", CG is preconditioned by the Kronecker-factored inverse)
+    :param target_kl: trust-region radius δ: α = sqrt(2δ / wᵀ(F + λI)w)
+    :param fisher_estimator: the curvature F: "exact" (default), "score", "empirical", "diagonal" or "kfac"
+        (see ``ngrl.fisher.policy_fisher``)
     :param natural_direction: "cg" (conjugate gradient on F) or "cfa" (compatible function approximation)
     :param cg_max_steps: conjugate-gradient iterations per update
     :param cg_damping: λ added to the Fisher (the ridge of the "cfa" fit)
     :param cg_tol: relative residual at which conjugate gradient stops early
-    :param use_preconditioner: precondition CG with diag(F) + λ
+    :param preconditioner: how CG is preconditioned: None (or "none"), "diagonal" (diag(F) + λ) or
+        "kfac" (the Kronecker-factored inverse of the exact Fisher on the same states; MLP actors only)
     :param line_search: backtrack on the surrogate with a KL check
     :param line_search_shrinking_factor: step shrink factor of the line search
     :param line_search_max_iter: most line-search trials
@@ -112,7 +123,7 @@ class NPG(CheckpointMixin, RecurrentOnPolicyMixin, OnPolicyAlgorithm):
         cg_max_steps: int = 15,
         cg_damping: float = 0.1,
         cg_tol: float = 1e-10,
-        use_preconditioner: bool = False,
+        preconditioner: str | None = None,
         line_search: bool = False,
         line_search_shrinking_factor: float = 0.8,
         line_search_max_iter: int = 10,
@@ -130,6 +141,7 @@ class NPG(CheckpointMixin, RecurrentOnPolicyMixin, OnPolicyAlgorithm):
         device: torch.device | str = "auto",
         _init_setup_model: bool = True,
     ):
+        check_arguments(type(self), locals())
         super().__init__(
             policy,
             env,
@@ -153,12 +165,14 @@ class NPG(CheckpointMixin, RecurrentOnPolicyMixin, OnPolicyAlgorithm):
             _init_setup_model=False,
             supported_action_spaces=(spaces.Box, spaces.Discrete, spaces.MultiDiscrete, spaces.MultiBinary),
         )
-        if fisher_estimator not in ESTIMATORS:
-            raise ValueError(f"fisher_estimator must be one of {ESTIMATORS}, got {fisher_estimator!r}")
+        if self.env is not None:
+            check_spaces(self.observation_space, self.action_space)
         if natural_direction not in ("cg", "cfa"):
             raise ValueError(f"natural_direction must be 'cg' or 'cfa', got {natural_direction!r}")
         if target_kl <= 0:
             raise ValueError("target_kl must be positive")
+        if preconditioner == "none":
+            preconditioner = None
         if sub_sampling_factor < 1:
             raise ValueError("sub_sampling_factor must be >= 1")
         if sequence_length is not None and (sequence_length < 1 or n_steps % sequence_length):
@@ -174,7 +188,7 @@ class NPG(CheckpointMixin, RecurrentOnPolicyMixin, OnPolicyAlgorithm):
         self.cg_max_steps = cg_max_steps
         self.cg_damping = cg_damping
         self.cg_tol = cg_tol
-        self.use_preconditioner = use_preconditioner
+        self.preconditioner = preconditioner
         self.line_search = line_search
         self.line_search_shrinking_factor = line_search_shrinking_factor
         self.line_search_max_iter = line_search_max_iter
@@ -186,7 +200,12 @@ class NPG(CheckpointMixin, RecurrentOnPolicyMixin, OnPolicyAlgorithm):
             self._setup_model()
 
     def _setup_model(self) -> None:
+        if "use_preconditioner" in self.__dict__:  # a checkpoint saved before `preconditioner` existed
+            legacy = self.__dict__.pop("use_preconditioner")
+            self.preconditioner = "diagonal" if legacy else ("kfac" if self.fisher_estimator == "kfac" else None)
         self._setup_actor()
+        if self._recurrent and self.preconditioner == "kfac":
+            raise ValueError("preconditioner='kfac' needs an MLP actor; with a recurrent policy use None or 'diagonal'")
         self._family = policy_distribution(self.policy)
         if self._recurrent:
             # the actor as a function of whole sequences (stored start state, resets at episode starts)
@@ -220,48 +239,40 @@ class NPG(CheckpointMixin, RecurrentOnPolicyMixin, OnPolicyAlgorithm):
         fisher = policy_fisher(self.policy, inputs, estimator=self.fisher_estimator, actions=actions, damping=self.cg_damping)
         return fisher, inputs
 
-    def _natural_direction(self, obs: Any, actions: torch.Tensor, advantages: torch.Tensor, gradient: torch.Tensor):
-        """w ≈ F⁻¹g and the operator F it was measured with."""
-        fisher, fisher_obs = self._fisher(obs, actions)
-        if self.natural_direction == "cfa":
-            # Natural actor-critic: regress Â on ψ = ∇log π(a|s); the least-squares weights are F⁻¹g.
-            linearization = getattr(fisher, "linearization", None) if fisher_obs is obs else None
-            if linearization is None:
-                if self._recurrent:
-                    linearization = SequenceLinearization(self._actor_fn, self._actor_params, obs)
-                else:
-                    linearization = policy_linearization(self.policy, obs)
-            score = self._family.score_cotangent(linearization.outputs, actions)
-            result = fit_compatible_advantage(
-                linearization, score, advantages, ridge=self.cg_damping, cg_max_iter=self.cg_max_steps, cg_tol=self.cg_tol
-            )
-        else:
-            if isinstance(fisher, KFACOperator):  # its Kronecker inverse: CG then needs only a few steps
-                preconditioner = fisher.solve
+    def _compatible_fit(self, obs: Any, actions: torch.Tensor, advantages: torch.Tensor, fisher: Any, fisher_obs: Any) -> CGResult:
+        """Natural actor-critic: regress Â on ψ = ∇log π(a|s) with ridge λ; the least-squares weights are (F + λI)⁻¹g."""
+        linearization = getattr(fisher, "linearization", None) if fisher_obs is obs else None
+        if linearization is None:
+            if self._recurrent:
+                linearization = SequenceLinearization(self._actor_fn, self._actor_params, obs)
             else:
-                preconditioner = fisher.diagonal() if self.use_preconditioner else None
-            result = conjugate_gradient(
-                fisher.mv, gradient, max_iter=self.cg_max_steps, tol=self.cg_tol, preconditioner=preconditioner
-            )
-        return result.raise_if_not_positive_definite(), fisher
+                linearization = policy_linearization(self.policy, obs)
+        score = self._family.score_cotangent(linearization.outputs, actions)
+        result = fit_compatible_advantage(
+            linearization, score, advantages, ridge=self.cg_damping, cg_max_iter=self.cg_max_steps, cg_tol=self.cg_tol
+        )
+        return result.raise_if_not_positive_definite()
 
-    def train(self) -> None:
+    def _preconditioner(self, fisher: Any, fisher_obs: Any) -> Any:
+        """M⁻¹ for CG on ``fisher``: none, diag(F) + λ, or the KFAC inverse ≈ (F + λI)⁻¹ on the same states."""
+        if self.preconditioner is None:
+            return None
+        if self.preconditioner == "diagonal":
+            return fisher.diagonal()
+        if isinstance(fisher, KFACOperator):
+            return fisher.solve
+        # KFAC of the exact Fisher (expectation over actions in closed form) of the states F was taken on.
+        linearization = getattr(fisher, "linearization", None) or policy_linearization(self.policy, fisher_obs)
+        root = self._family.fisher_sqrt(linearization.outputs)
+        return kfac_from_linearization(linearization, root, self._actor_params, self.cg_damping).solve
+
+    def train(self) -> PolicyUpdate:
         """One natural-gradient step of the actor on the whole rollout, then the critic's epochs."""
         self.policy.set_training_mode(True)
         self._update_learning_rate(self.policy.optimizer)
         # the whole rollout (recurrent: one sequence per env, from the state that entered its first step)
-        rollout, actor_inputs = whole_rollout(self.rollout_buffer)
-        actions = rollout.actions
-        if isinstance(self.action_space, spaces.Discrete):
-            actions = actions.long().flatten()
-        advantages = rollout.advantages
-        if not torch.isfinite(advantages).all():
-            raise ValueError(
-                "NaN or inf in the advantages: the rewards or value estimates diverged. Check the env's rewards "
-                "for NaN, scale large rewards (normalize: true in the config wraps the env in VecNormalize), or lower learning_rate."
-            )
-        if self.normalize_advantage and len(advantages) > 1:
-            advantages = (advantages - advantages.mean()) / (advantages.std() + 1e-8)
+        batch = self.policy_gradient_batch()
+        actor_inputs, actions, advantages = batch.actor_inputs, batch.actions, batch.advantages
 
         params = self._actor_params
         outputs = self._actor(actor_inputs)
@@ -269,60 +280,53 @@ class NPG(CheckpointMixin, RecurrentOnPolicyMixin, OnPolicyAlgorithm):
 
         def surrogate(outputs: torch.Tensor) -> torch.Tensor:
             # L(θ) = E[π_θ(a|s)/π_old(a|s) · Â]; its gradient at θ_old is the policy gradient.
-            ratio = torch.exp(self._family.log_prob(outputs, actions) - rollout.old_log_prob)
-            return (ratio * advantages).mean()
+            return batch.surrogate(self._family, outputs)
 
         objective = surrogate(outputs)
         gradient = flat_grad(objective, params)
-        result, fisher = self._natural_direction(actor_inputs, actions, advantages, gradient)
-        direction = result.x
-        quadratic = float(torch.dot(direction, fisher.mv(direction)))
-        step_size = kl_step_size(quadratic, self.target_kl)  # α = sqrt(2δ / wᵀFw)
+        fisher, fisher_inputs = self._fisher(actor_inputs, actions)  # F + λI (the damping is in the operator)
+        solve = None
+        if self.natural_direction == "cfa":
+            solve = self._compatible_fit(actor_inputs, actions, advantages, fisher, fisher_inputs)
         theta_old = get_flat_params(params)
 
         @torch.no_grad()
-        def evaluate(fraction: float) -> tuple[float, float]:
-            set_flat_params(params, theta_old + fraction * step_size * direction)
+        def evaluate(step: torch.Tensor) -> tuple[float, float]:
+            set_flat_params(params, theta_old + step)
             outputs = self._actor(actor_inputs)
             return float(surrogate(outputs)), float(self._family.kl(old_outputs, outputs).mean())
 
-        if self.line_search:
-            search = backtracking_line_search(
-                evaluate,
-                baseline_objective=objective.item(),
-                max_kl=self.target_kl,
-                shrink=self.line_search_shrinking_factor,
-                max_iter=self.line_search_max_iter,
-            )
-            if not search.success:
-                set_flat_params(params, theta_old)
-            kl, new_objective, line_search_steps, fraction = search.kl, search.objective, search.steps, search.fraction
-        else:
-            new_objective, kl = evaluate(1.0)
-            line_search_steps, fraction = 0, 1.0
+        # w = (F + λI)⁻¹g, θ ← θ + αw with α = sqrt(2δ / wᵀ(F + λI)w) (see ngrl.natural_step)
+        step = natural_step(
+            gradient,
+            fisher,
+            max_kl=self.target_kl,
+            cg=CGConfig(max_iter=self.cg_max_steps, tol=self.cg_tol),
+            preconditioner=self._preconditioner(fisher, fisher_inputs) if solve is None else None,
+            solve=solve,
+            line_search=LineSearchConfig(self.line_search_shrinking_factor, self.line_search_max_iter) if self.line_search else None,
+            evaluate=evaluate,
+            baseline_objective=objective.item(),
+        )
+        if step.fraction == 0.0:  # the line search accepted no step
+            set_flat_params(params, theta_old)
+        result, kl, new_objective = step.solve, step.measured_kl, step.objective
 
-        value_losses = []
-        for _ in range(self.n_critic_updates):
-            for batch, values in self._critic_batches():
-                value_loss = F.mse_loss(batch.returns, values)
-                self.policy.optimizer.zero_grad(set_to_none=True)
-                value_loss.backward()
-                for p in params:  # the critic must not move the actor (shared extractor included)
-                    p.grad = None
-                self.policy.optimizer.step()
-                value_losses.append(value_loss.item())
+        value_loss = self._fit_critic()
 
         self._n_updates += 1
         explained_var = explained_variance(self.rollout_buffer.values.flatten(), self.rollout_buffer.returns.flatten())
         self.logger.record("train/kl", kl)
         self.logger.record("train/cg_iterations", result.iterations)
         self.logger.record("train/cg_residual", result.residual_norm)
-        self.logger.record("train/step_size", step_size * fraction)
-        self.logger.record("train/line_search_steps", line_search_steps)
+        self.logger.record("train/step_size", step.step_size)
+        self.logger.record("train/predicted_kl", step.predicted_kl)
+        self.logger.record("train/line_search_steps", step.line_search_steps)
         self.logger.record("train/surrogate_improvement", new_objective - objective.item())
-        self.logger.record("train/value_loss", float(np.mean(value_losses)) if value_losses else 0.0)
+        self.logger.record("train/value_loss", value_loss)
         self.logger.record("train/explained_variance", float(explained_var))
         self.logger.record("train/n_updates", self._n_updates, exclude="tensorboard")
+        return PolicyUpdate(batch, kl, result.iterations)
 
     def learn(
         self: SelfNPG,

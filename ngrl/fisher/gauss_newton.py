@@ -10,8 +10,21 @@ from torch import Tensor, nn
 
 from ngrl.fisher.operator import GaussNewtonOperator
 from ngrl.linearize import linearize
+from ngrl.params import unflatten
 
-__all__ = ["gauss_newton"]
+__all__ = ["GaussNewtonMatrix", "gauss_newton"]
+
+
+class GaussNewtonMatrix(GaussNewtonOperator):
+    """A :class:`GaussNewtonOperator` whose quadratic form costs one jvp: vᵀ(G + λI)v = (1/n) Σᵢ (Jᵢv)ᵀHᵢ(Jᵢv) + λ‖v‖²."""
+
+    def quadratic(self, v: Tensor) -> float:
+        lin = self.linearization
+        jv = lin.jvp(unflatten(v, lin.params))
+        value = (jv * self._output_mv(jv)).sum() * self._scale
+        if self.damping:
+            value = value + self.damping * torch.dot(v, v)
+        return float(value)
 
 
 def gauss_newton(
@@ -22,7 +35,7 @@ def gauss_newton(
     sigma: float = 1.0,
     damping: float = 0.0,
     output_index: Tensor | None = None,
-) -> GaussNewtonOperator:
+) -> GaussNewtonMatrix:
     """G = (1/n) Σᵢ JᵢᵀJᵢ / σ² (+ λI): the Fisher of p(y|x) = N(f_θ(x), σ²I).
 
     Products by one J v and one Jᵀ u; J is never formed. With ``output_index`` (one integer per
@@ -42,13 +55,13 @@ def gauss_newton(
     n, k = lin.outputs.shape
     if output_index is None:
         eye = torch.eye(k, device=lin.outputs.device, dtype=lin.outputs.dtype) * sigma**-1
-        return GaussNewtonOperator(
+        return GaussNewtonMatrix(
             lin, lambda u: u * precision, lambda: eye.expand(n, k, k), params=list(params), damping=damping
         )
     index = output_index.long().reshape(-1, 1)
     if index.shape[0] != n:
         raise ValueError(f"output_index has {index.shape[0]} entries for a batch of {n}")
     mask = torch.zeros_like(lin.outputs).scatter_(1, index, 1.0)
-    return GaussNewtonOperator(
+    return GaussNewtonMatrix(
         lin, lambda u: u * mask * precision, lambda: (mask / sigma).unsqueeze(-1), params=list(params), damping=damping
     )

@@ -61,7 +61,14 @@ class KroneckerBlock:
             shift = damping**0.5
             eye_a = torch.eye(self.a.shape[0], device=self.a.device, dtype=self.a.dtype)
             eye_g = torch.eye(self.g.shape[0], device=self.g.device, dtype=self.g.dtype)
-            self._factors = (torch.linalg.cholesky(self.a + shift * eye_a), torch.linalg.cholesky(self.g + shift * eye_g))
+            try:
+                self._factors = (torch.linalg.cholesky(self.a + shift * eye_a), torch.linalg.cholesky(self.g + shift * eye_g))
+            except torch.linalg.LinAlgError as error:
+                raise ValueError(
+                    f"KFAC's inverse failed: a Kronecker factor plus √λ·I is not positive definite (damping λ={damping}). "
+                    "The factors are singular on dead units or with fewer states than inputs: set the damping "
+                    "(cg_damping) > 0."
+                ) from error
         chol_a, chol_g = self._factors
         left = torch.cholesky_solve(self._matrix(flat), chol_g)  # (G + √λI)⁻¹ V
         return self._flat(torch.cholesky_solve(left.T, chol_a).T)  # … (A + √λI)⁻¹

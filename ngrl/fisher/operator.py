@@ -10,7 +10,7 @@ from torch import Tensor
 from ngrl.linearize import Linearization
 from ngrl.params import flatten, num_params, unflatten
 
-__all__ = ["CurvatureOperator", "GaussNewtonOperator", "DiagonalOperator"]
+__all__ = ["CurvatureOperator", "GaussNewtonOperator", "DiagonalOperator", "MatvecOperator", "MeanOperator", "ScaledOperator"]
 
 
 class CurvatureOperator:
@@ -52,6 +52,10 @@ class CurvatureOperator:
         return out + self.damping * v if self.damping else out
 
     __call__ = mv
+
+    def quadratic(self, v: Tensor) -> float:
+        """vᵀ(C + λI)v, the quadratic form of the operator as applied by :meth:`mv`."""
+        return float(torch.dot(v, self.mv(v)))
 
     def diagonal(self) -> Tensor:
         """diag(C) + λ as a flat vector (a natural CG preconditioner)."""
@@ -126,3 +130,58 @@ class DiagonalOperator(CurvatureOperator):
 
     def dense(self, max_params: int = 20_000) -> Tensor:
         return torch.diag(self.diagonal())
+
+
+class MatvecOperator(CurvatureOperator):
+    """C given only by its products v ↦ C v (e.g. Hessian-vector products), plus λI.
+
+    :param matvec: v ↦ C v on flat vectors of ``params``' total size
+    """
+
+    def __init__(self, matvec: Callable[[Tensor], Tensor], params: Sequence[Tensor], damping: float = 0.0) -> None:
+        super().__init__(params, damping)
+        self._matvec = matvec
+
+    def _mv(self, v: Tensor) -> Tensor:
+        return self._matvec(v)
+
+    def _diagonal(self) -> Tensor:
+        raise NotImplementedError("an operator known only by its products has no cheap diagonal; use dense().diagonal()")
+
+
+class ScaledOperator(CurvatureOperator):
+    """s·A + λI for an operator A (A's own damping included): iMAML's I + C/λ is ``ScaledOperator(C, 1/λ, damping=1)``."""
+
+    def __init__(self, base: CurvatureOperator, scale: float, damping: float = 0.0) -> None:
+        super().__init__(base.params, damping)
+        self.base = base
+        self.scale = float(scale)
+
+    def _mv(self, v: Tensor) -> Tensor:
+        return self.base.mv(v) * self.scale
+
+    def _diagonal(self) -> Tensor:
+        return self.base.diagonal() * self.scale
+
+
+class MeanOperator(CurvatureOperator):
+    """(1/m) Σⱼ Aⱼ + λI over operators of the same size (e.g. the mean Fisher of several adapted policies).
+
+    The operators may be taken over different parameter tensors of one architecture; the flat vectors
+    are shared (the first operator's ``params`` give the layout).
+    """
+
+    def __init__(self, operators: Sequence[CurvatureOperator], damping: float = 0.0) -> None:
+        operators = list(operators)
+        if not operators:
+            raise ValueError("MeanOperator needs at least one operator")
+        if len({op.num_params for op in operators}) != 1:
+            raise ValueError(f"the operators differ in size: {[op.num_params for op in operators]}")
+        super().__init__(operators[0].params, damping)
+        self.operators = operators
+
+    def _mv(self, v: Tensor) -> Tensor:
+        return torch.stack([op.mv(v) for op in self.operators]).mean(0)
+
+    def _diagonal(self) -> Tensor:
+        return torch.stack([op.diagonal() for op in self.operators]).mean(0)

@@ -1,0 +1,145 @@
+"""What every policy-gradient learner of ngrl shares (NPG, VPG, and the meta-learners that read their rollouts).
+
+Written once here:
+
+- the prepared rollout :class:`PolicyGradientBatch` (actions in the family's layout, standardised GAE
+  advantages Â) and its surrogate L(θ) = mean(π_θ(a|s)/π_old(a|s) · Â), whose gradient at θ = θ_old is
+  the policy gradient mean(∇log π(a|s) · Â) (Williams 1992; Sutton et al. 2000; Schulman et al. 2015, eq. 14);
+- the critic fit: epochs of Adam minibatch regressions of V on the GAE returns that never move the actor;
+- :class:`PolicyUpdate`, what one actor update returns (``train()``'s value), so that a caller — a
+  meta-learner's inner loop — reads the update's statistics from a returned record, not from a logger.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from gymnasium import spaces
+from stable_baselines3.common.buffers import RolloutBuffer
+from torch import Tensor
+from torch.nn import functional as F
+
+from stable_baselines3.common.policies import BasePolicy
+
+from agents.recurrent.on_policy import actor_module, whole_rollout
+from ngrl.fisher import policy_distribution
+from ngrl.fisher.distributions import OutputDistribution
+
+__all__ = [
+    "PolicyGradientBatch",
+    "PolicyGradientMixin",
+    "PolicyUpdate",
+    "policy_gradient_batch",
+    "policy_surrogate",
+    "standardize_advantages",
+    "surrogate_objective",
+]
+
+ADVANTAGE_EPS = 1e-8  # added to std(Â) before dividing
+
+
+def standardize_advantages(advantages: Tensor, normalize: bool = True) -> Tensor:
+    """(Â − mean Â) / (std Â + 1e-8) when ``normalize`` and there is more than one advantage; Â otherwise."""
+    if normalize and len(advantages) > 1:
+        return (advantages - advantages.mean()) / (advantages.std() + ADVANTAGE_EPS)
+    return advantages
+
+
+@dataclass(frozen=True)
+class PolicyGradientBatch:
+    """One whole rollout, ready for a policy-gradient step.
+
+    :param rollout: the rollout as :func:`agents.recurrent.on_policy.whole_rollout` gives it (flat
+        transitions, or one sequence per env with its start state for a recurrent policy)
+    :param actor_inputs: what the actor module reads of it (observations, or the sequences)
+    :param actions: the actions in the layout of the policy's output family (class indices for Discrete)
+    :param old_log_prob: log π_old(a|s), recorded while acting
+    :param advantages: Â, standardised if the learner standardises
+    """
+
+    rollout: Any
+    actor_inputs: Any
+    actions: Tensor
+    old_log_prob: Tensor
+    advantages: Tensor
+
+    def surrogate(self, family: OutputDistribution, outputs: Tensor) -> Tensor:
+        """L = mean(π(a|s)/π_old(a|s) · Â) from the actor's raw outputs on ``actor_inputs``.
+
+        Its gradient at π = π_old is the policy gradient mean(∇log π(a|s) · Â).
+        """
+        return surrogate_objective(family, outputs, self.actions, self.old_log_prob, self.advantages)
+
+
+def surrogate_objective(family: OutputDistribution, outputs: Tensor, actions: Tensor, old_log_prob: Tensor, advantages: Tensor) -> Tensor:
+    """L = mean(π(a|s)/π_old(a|s) · Â), π given by the family's raw ``outputs``; its gradient at π = π_old is mean(∇log π · Â)."""
+    return (torch.exp(family.log_prob(outputs, actions) - old_log_prob) * advantages).mean()
+
+
+def policy_surrogate(policy: BasePolicy, batch: PolicyGradientBatch) -> Tensor:
+    """``batch``'s surrogate under ``policy``'s current actor (its parameters may differ from π_old's)."""
+    return batch.surrogate(policy_distribution(policy), actor_module(policy)(batch.actor_inputs))
+
+
+def policy_gradient_batch(buffer: RolloutBuffer, action_space: spaces.Space, normalize_advantage: bool = True) -> PolicyGradientBatch:
+    """The whole rollout of ``buffer`` (GAE already computed) as a :class:`PolicyGradientBatch`.
+
+    :raises ValueError: when an advantage is NaN or infinite (diverged rewards or values)
+    """
+    rollout, actor_inputs = whole_rollout(buffer)
+    actions = rollout.actions.long().flatten() if isinstance(action_space, spaces.Discrete) else rollout.actions
+    if not torch.isfinite(rollout.advantages).all():
+        raise ValueError(
+            "NaN or inf in the advantages: the rewards or value estimates diverged. Check the env's rewards "
+            "for NaN, scale large rewards (normalize: true in the config wraps the env in VecNormalize), or lower learning_rate."
+        )
+    advantages = standardize_advantages(rollout.advantages, normalize_advantage)
+    return PolicyGradientBatch(rollout, actor_inputs, actions, rollout.old_log_prob, advantages)
+
+
+@dataclass(frozen=True)
+class PolicyUpdate:
+    """What one actor update did (returned by ``train()`` of NPG and VPG).
+
+    :param batch: the rollout the update was computed from
+    :param kl: mean KL(π_old ‖ π_new) over the rollout's states
+    :param cg_iterations: iterations of the natural direction's solve (None: no solve)
+    """
+
+    batch: PolicyGradientBatch
+    kl: float
+    cg_iterations: int | None = None
+
+
+class PolicyGradientMixin:
+    """The policy-gradient parts of an on-policy learner (list it before ``RecurrentOnPolicyMixin`` and the SB3 base).
+
+    Needs ``normalize_advantage``, ``n_critic_updates``, ``_actor_params`` and ``_critic_batches()``
+    (from :class:`agents.recurrent.on_policy.RecurrentOnPolicyMixin`).
+    """
+
+    def policy_gradient_batch(self) -> PolicyGradientBatch:
+        """The learner's current rollout buffer, prepared as its ``train()`` uses it (advantages standardised or not)."""
+        return policy_gradient_batch(self.rollout_buffer, self.action_space, self.normalize_advantage)  # type: ignore[attr-defined]
+
+    def _fit_critic(self) -> float:
+        """``n_critic_updates`` epochs of minibatch regression of V on the GAE returns with the policy's optimizer.
+
+        The actor's gradients are dropped before every step, so a shared features extractor moves with
+        the actor's update only. Returns the mean minibatch loss (0 when no update ran).
+        """
+        optimizer = self.policy.optimizer  # type: ignore[attr-defined]
+        losses = []
+        for _ in range(self.n_critic_updates):
+            for batch, values in self._critic_batches():
+                loss = F.mse_loss(batch.returns, values)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                for p in self._actor_params:  # type: ignore[attr-defined]  # the critic must not move the actor
+                    p.grad = None
+                optimizer.step()
+                losses.append(loss.item())
+        return float(np.mean(losses)) if losses else 0.0
