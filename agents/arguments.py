@@ -141,6 +141,12 @@ def _train_freq(name: str, value: Any) -> None:
         raise ValueError(f"{name} must be a positive integer or [n, 'step' | 'episode'], got {value!r}")
 
 
+def _target_update_interval(name: str, value: Any) -> None:
+    if value is None:  # SB3's DQN has no such value; earlier ngrl used it for "no target network"
+        raise ValueError(f"{name}=None is not accepted: pass target_network=False to run without a target network")
+    positive_int(name, value)
+
+
 # Rules by argument name, for every algorithm (the one place where the choices of a string argument are listed); an algorithm's own table is looked up by class name
 # along its MRO (so that this module needs no import of the agents).
 COMMON: dict[str, Rule] = {
@@ -187,7 +193,7 @@ RULES: dict[str, dict[str, Rule]] = {
         "tau": unit_interval,
         "train_freq": _train_freq,
         "gradient_steps": either(positive_int, one_of(-1)),
-        "target_update_interval": positive_int,
+        "target_update_interval": _target_update_interval,
         "target_network": boolean,
         "preconditioner": optional(one_of("none", "diagonal")),
         "curvature_outputs": one_of("action", "all"),

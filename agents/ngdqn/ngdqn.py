@@ -176,10 +176,6 @@ class NGDQN(CheckpointMixin, DQN):
         _init_setup_model: bool = True,
     ) -> None:
         check_arguments(type(self), locals())
-        if target_update_interval is None:
-            raise ValueError("target_update_interval=None is gone: pass target_network=False to run without a target network")
-        if target_update_interval < 1:
-            raise ValueError(f"target_update_interval must be a positive number of steps, got {target_update_interval}")
         if preconditioner == "none":
             preconditioner = None
         adaptive, initial_damping = _parse_damping(damping)
