@@ -626,6 +626,7 @@ def _mapping(key: str, value: Any) -> dict[str, Any]:
 def evaluate(model: Any, venv: Any, n_episodes: int, deterministic: bool = True) -> tuple[float, float]:
     from stable_baselines3.common.evaluation import evaluate_policy
 
+    print(f"Evaluating over {n_episodes} episodes ({'deterministic' if deterministic else 'stochastic'} actions)...", flush=True)
     mean, std = evaluate_policy(model, venv, n_eval_episodes=n_episodes, deterministic=deterministic, warn=False)
     return float(mean), float(std)
 
