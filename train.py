@@ -28,6 +28,7 @@ import shlex
 import signal
 import sys
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import yaml
@@ -173,8 +174,8 @@ def constructor_kwargs(params: dict[str, Any]) -> dict[str, Any]:
 
 def accepted_arguments(algo_cls: type) -> set[str]:
     """Constructor arguments of the algorithm (and of its ngrl bases it passes them to), less those the CLI sets."""
-    names: set[str] = set()
-    for base in algo_cls.__mro__:
+    names: set[str] = set(inspect.signature(algo_cls.__init__).parameters)
+    for base in algo_cls.__mro__:  # an ngrl meta-learner passes its bases' arguments on
         if base.__module__.startswith("agents") and "__init__" in vars(base):
             names |= set(inspect.signature(base.__init__).parameters)
     return names - CLI_MANAGED
@@ -445,7 +446,7 @@ class RunControl:
 
 
 def learn_and_save(model: Any, n_timesteps: int, args: argparse.Namespace, run_dir: pathlib.Path, model_path: pathlib.Path,
-                   tb_log_name: str, resume_command: list[str]) -> int:
+                   tb_log_name: str, resume_command: list[str], callbacks: Sequence[Any] = ()) -> int:
     """Train, then save; on SIGINT/SIGTERM save what there is and say how to resume (exit 130/143)."""
     from agents import NonFiniteParametersError
 
@@ -453,8 +454,8 @@ def learn_and_save(model: Any, n_timesteps: int, args: argparse.Namespace, run_d
     keep_buffer = getattr(args, "save_replay_buffer", False)
     with RunControl(args.save_freq, run_dir / "checkpoints", keep_buffer) as control:
         try:
-            model.learn(n_timesteps, callback=control.callback(), tb_log_name=tb_log_name, progress_bar=not args.quiet,
-                        reset_num_timesteps=reset)
+            model.learn(n_timesteps, callback=[control.callback(), *callbacks], tb_log_name=tb_log_name,
+                        progress_bar=not args.quiet, reset_num_timesteps=reset)
         except KeyboardInterrupt:
             control.received = signal.SIGINT
         except NonFiniteParametersError as error:  # the parameters from before the bad update are in place
@@ -490,10 +491,26 @@ def resume_arguments(argv: Sequence[str]) -> list[str]:
 # --- train and eval ---------------------------------------------------------------------------
 
 
-def algorithm(name: str, meta: bool = False) -> type:
+def peer_algorithms() -> dict[str, type]:
+    """SB3's and sb3-contrib's algorithms that ``benchmark`` runs beside ngrl's (configs/<name>.yml: rl-zoo3's entries)."""
+    from stable_baselines3 import A2C, DQN, PPO
+
+    peers: dict[str, type] = {"ppo": PPO, "a2c": A2C, "dqn": DQN}
+    try:
+        from sb3_contrib import TRPO, RecurrentPPO
+
+        peers.update(trpo=TRPO, recurrentppo=RecurrentPPO)
+    except ImportError:  # the bench extra is not installed
+        pass
+    return peers
+
+
+def algorithm(name: str, meta: bool = False, peers: bool = False) -> type:
     from agents import ALGOS, META_ALGOS
 
     table, other = (META_ALGOS, ALGOS) if meta else (ALGOS, META_ALGOS)
+    if peers:
+        table = {**table, **peer_algorithms()}
     if name in table:
         return table[name]
     if name in other:
@@ -551,31 +568,135 @@ def existing_checkpoint(path: str) -> pathlib.Path:
     return found
 
 
-def cmd_train(args: argparse.Namespace) -> int:
-    algo_cls = algorithm(args.algo)
-    if args.n_timesteps is not None and args.n_timesteps < 1:
-        raise UsageError(f"--n-timesteps must be a positive number of environment steps, got {args.n_timesteps}")
-    if args.n_eval_episodes < 0 or args.save_freq < 0:
-        raise UsageError("--n-eval-episodes and --save-freq must be >= 0")
-    check_device(args.device)
-    import_gym_packages(args.gym_packages)
-    params = load_hyperparams(args.algo, args.env, parse_key_values(args.hyperparams, "--hyperparams"), args.config)
-    env_kwargs = {**_mapping("env_kwargs", params.pop("env_kwargs", None) or {}), **parse_key_values(args.env_kwargs, "--env-kwargs")}
-    seed = run_seed(args.seed, params.pop("seed", 0))
-    n_timesteps = pop_int(params, "n_timesteps", 100_000, args.n_timesteps)
+@dataclass
+class RunSpec:
+    """One training run, resolved and validated before any env is built: what ``train`` and ``benchmark`` both run."""
+
+    algo: str
+    env: str
+    seed: int
+    n_timesteps: int
+    n_envs: int
+    policy: str
+    normalize: Any
+    env_kwargs: dict[str, Any]
+    params: dict[str, Any]  # the hyper-parameters as data (schedules 'lin_…', activations by name)
+
+    def config_block(self) -> dict[str, Any]:
+        return config_block(self.params, n_timesteps=self.n_timesteps, n_envs=self.n_envs, policy=self.policy,
+                            normalize=self.normalize, env_kwargs=self.env_kwargs, seed=self.seed)
+
+
+def resolve_run(algo: str, env: str, *, seed: int | None, overrides: dict[str, Any], config: str | None = None,
+                env_kwargs: dict[str, Any] | None = None, n_timesteps: int | None = None, policy: str | None = None) -> RunSpec:
+    """The config block of ``algo`` for ``env`` with the overrides, every value checked by name, type and range."""
+    algo_cls = algorithm(algo, peers=True)
+    params = load_hyperparams(algo, env, overrides, config)
+    kwargs = {**_mapping("env_kwargs", params.pop("env_kwargs", None) or {}), **(env_kwargs or {})}
+    run_seed_ = run_seed(seed, params.pop("seed", 0))
+    steps = pop_int(params, "n_timesteps", 100_000, n_timesteps)
     n_envs = pop_int(params, "n_envs", 1)
-    policy = args.policy or params.get("policy", "MlpPolicy")
+    chosen_policy = policy or params.get("policy", "MlpPolicy")
     params.pop("policy", None)
     normalize = params.pop("normalize", False)
     if not isinstance(normalize, (bool, dict)):
         raise UsageError(f"normalize must be true, false or a dict of VecNormalize arguments, got {normalize!r}")
-    check_hyperparams(algo_cls, params, args.algo, RUN_KEYS)
-    if policy not in algo_cls.policy_aliases:
-        raise UsageError(f"unknown policy {policy!r} for {args.algo}; choose one of {', '.join(algo_cls.policy_aliases)}")
+    check_hyperparams(algo_cls, params, algo, RUN_KEYS)
+    if chosen_policy not in algo_cls.policy_aliases:
+        raise UsageError(f"unknown policy {chosen_policy!r} for {algo}; choose one of {', '.join(algo_cls.policy_aliases)}")
+    return RunSpec(algo, env, run_seed_, steps, n_envs, chosen_policy, normalize, kwargs, params)
+
+
+def build_model(spec: RunSpec, *, device: str = "auto", verbose: int = 0, tensorboard_log: str | None = None) -> Any:
+    """The spec's training env (VecNormalize when asked) and a fresh model on it."""
+    from stable_baselines3.common.vec_env import VecNormalize
+
+    venv = make_env(spec.env, spec.n_envs, spec.seed, spec.env_kwargs)
+    if spec.normalize:
+        venv = VecNormalize(venv, **(spec.normalize if isinstance(spec.normalize, dict) else {}))
+    try:
+        model = algorithm(spec.algo, peers=True)(spec.policy, venv, seed=spec.seed, device=device, verbose=verbose,
+                                                 tensorboard_log=tensorboard_log, **constructor_kwargs(spec.params))
+    except (ValueError, TypeError, AssertionError) as error:  # arguments or spaces the algorithm refuses
+        raise UsageError(f"{spec.algo} cannot train on {spec.env}: {error}") from error
+    model._ngrl_vecnormalize = bool(spec.normalize)  # recorded in the checkpoint: eval then asks for the statistics
+    return model
+
+
+class PeriodicEvaluation:
+    """Evaluate every ``every`` steps on a separate env (seed + 10,000; deterministic actions), as rl-zoo3's
+    ``--eval-freq``: one row per evaluation (steps, mean, std, training seconds so far, evaluations excluded)."""
+
+    def __init__(self, spec: RunSpec, every: int, n_episodes: int, quiet: bool = False):
+        self.spec, self.every, self.n_episodes, self.quiet = spec, every, n_episodes, quiet
+        self.rows: list[dict[str, Any]] = []
+        self._env: Any = None
+        self._evaluating = 0.0
+        self._start = 0.0
+
+    def evaluate_now(self, model: Any) -> None:
+        import time
+
+        from stable_baselines3.common.vec_env import VecNormalize, sync_envs_normalization
+        from stable_baselines3.common.evaluation import evaluate_policy
+
+        began = time.perf_counter()
+        if self._env is None:
+            self._env = make_env(self.spec.env, 1, self.spec.seed + 10_000, self.spec.env_kwargs)
+            if isinstance(model.get_env(), VecNormalize):
+                self._env = VecNormalize(self._env, training=False, norm_reward=False)
+        if isinstance(self._env, VecNormalize):
+            sync_envs_normalization(model.get_env(), self._env)
+        mean, std = evaluate_policy(model, self._env, n_eval_episodes=self.n_episodes, deterministic=True, warn=False)
+        self._evaluating += time.perf_counter() - began
+        row = {"timesteps": int(model.num_timesteps), "mean": float(mean), "std": float(std),
+               "train_seconds": round(time.perf_counter() - self._start - self._evaluating, 3)}
+        self.rows.append(row)
+        if not self.quiet:
+            print(f"Eval at {row['timesteps']} steps: {row['mean']:.2f} ± {row['std']:.2f} ({row['train_seconds']:.0f} s of training)",
+                  flush=True)
+
+    def callback(self) -> Any:
+        import time
+
+        from stable_baselines3.common.callbacks import BaseCallback
+
+        periodic = self
+        self._start = time.perf_counter()
+
+        class Evaluate(BaseCallback):
+            def _on_step(self) -> bool:
+                if periodic.every and self.num_timesteps // periodic.every > getattr(self, "_done", 0):
+                    self._done = self.num_timesteps // periodic.every
+                    periodic.evaluate_now(self.model)
+                return True
+
+        return Evaluate()
+
+    def write_csv(self, path: pathlib.Path) -> None:
+        import csv
+
+        with open(path, "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=["timesteps", "mean", "std", "train_seconds"])
+            writer.writeheader()
+            writer.writerows(self.rows)
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    algo_cls = algorithm(args.algo)
+    if args.n_timesteps is not None and args.n_timesteps < 1:
+        raise UsageError(f"--n-timesteps must be a positive number of environment steps, got {args.n_timesteps}")
+    if args.n_eval_episodes < 0 or args.save_freq < 0 or args.eval_freq < 0:
+        raise UsageError("--n-eval-episodes, --eval-freq and --save-freq must be >= 0")
+    check_device(args.device)
+    import_gym_packages(args.gym_packages)
+    spec = resolve_run(args.algo, args.env, seed=args.seed, overrides=parse_key_values(args.hyperparams, "--hyperparams"),
+                       config=args.config, env_kwargs=parse_key_values(args.env_kwargs, "--env-kwargs"),
+                       n_timesteps=args.n_timesteps, policy=args.policy)
     trained = existing_checkpoint(args.trained_agent) if args.trained_agent else None
 
-    venv = make_env(args.env, n_envs, seed, env_kwargs)
     if trained is not None:
+        venv = make_env(spec.env, spec.n_envs, spec.seed, spec.env_kwargs)
         if was_normalized(trained) and not normalization_path(trained).is_file() and not (trained.parent / "vecnormalize.pkl").is_file():
             raise UsageError(f"{trained} was trained on a normalised env, but {normalization_path(trained)} is missing")
         venv = normalized_env(venv, trained, args, training=True)
@@ -583,35 +704,32 @@ def cmd_train(args: argparse.Namespace) -> int:
         if replay_buffer_path(trained).is_file() and getattr(model, "replay_buffer", None) is not None:
             model.load_replay_buffer(replay_buffer_path(trained))
             print(f"Loaded the replay buffer {replay_buffer_path(trained)}")
-        if model.num_timesteps >= n_timesteps:
-            raise UsageError(f"{trained} has already trained {model.num_timesteps} steps, the whole budget of {n_timesteps}: raise --n-timesteps")
-        remaining = n_timesteps - model.num_timesteps
-        print(f"Continuing {trained} from step {model.num_timesteps} to {n_timesteps}")
+        if model.num_timesteps >= spec.n_timesteps:
+            raise UsageError(f"{trained} has already trained {model.num_timesteps} steps, the whole budget of {spec.n_timesteps}: "
+                             "raise --n-timesteps")
+        remaining = spec.n_timesteps - model.num_timesteps
+        print(f"Continuing {trained} from step {model.num_timesteps} to {spec.n_timesteps}")
+        model._ngrl_vecnormalize = bool(spec.normalize) or was_normalized(trained)
     else:
-        from stable_baselines3.common.vec_env import VecNormalize
+        model = build_model(spec, device=args.device, verbose=args.verbose, tensorboard_log=args.tensorboard_log)
+        remaining = spec.n_timesteps
 
-        if normalize:
-            venv = VecNormalize(venv, **(normalize if isinstance(normalize, dict) else {}))
-        try:
-            model = algo_cls(policy, venv, seed=seed, device=args.device, verbose=args.verbose,
-                             tensorboard_log=args.tensorboard_log, **constructor_kwargs(params))
-        except (ValueError, TypeError, AssertionError) as error:  # arguments or spaces the algorithm refuses
-            raise UsageError(f"{args.algo} cannot train on {args.env}: {error}") from error
-        remaining = n_timesteps
-    model._ngrl_vecnormalize = bool(normalize) or (trained is not None and was_normalized(trained))  # recorded in the checkpoint
-
-    run_dir = new_run_dir(args.log_folder, args.algo, args.env, seed)
-    block = config_block(params, n_timesteps=n_timesteps, n_envs=n_envs, policy=policy, normalize=normalize, env_kwargs=env_kwargs, seed=seed)
-    write_run_files(run_dir, args.env, block, args.algo)
+    run_dir = new_run_dir(args.log_folder, args.algo, args.env, spec.seed)
+    write_run_files(run_dir, args.env, spec.config_block(), args.algo)
     model_path = run_dir / f"{env_name(args.env)}.zip"
-    status = learn_and_save(model, remaining, args, run_dir, model_path, f"{args.algo.upper()}_{run_dir.name}", resume_arguments(sys.argv[1:]))
+    evaluation = PeriodicEvaluation(spec, args.eval_freq, args.n_eval_episodes or 10)
+    extra = [evaluation.callback()] if args.eval_freq else []
+    status = learn_and_save(model, remaining, args, run_dir, model_path, f"{args.algo.upper()}_{run_dir.name}",
+                            resume_arguments(sys.argv[1:]), extra)
+    if evaluation.rows:
+        evaluation.write_csv(run_dir / "evaluations.csv")
     if status != 0:
         return status
-    if model.num_timesteps != n_timesteps:
-        print(f"Ran {model.num_timesteps} environment steps for a budget of {n_timesteps}: on-policy rollouts "
-              f"({getattr(model, 'n_steps', 1)} steps × {n_envs} envs) end whole, as in SB3.")
+    if model.num_timesteps != spec.n_timesteps:
+        print(f"Ran {model.num_timesteps} environment steps for a budget of {spec.n_timesteps}: on-policy rollouts "
+              f"({getattr(model, 'n_steps', 1)} steps × {spec.n_envs} envs) end whole, as in SB3.")
     if args.n_eval_episodes > 0:
-        eval_venv = normalized_env(make_env(args.env, 1, seed + 10_000, env_kwargs), model_path, args, training=False)
+        eval_venv = normalized_env(make_env(args.env, 1, spec.seed + 10_000, spec.env_kwargs), model_path, args, training=False)
         mean, std = evaluate(model, eval_venv, args.n_eval_episodes, deterministic=True)
         print(f"Evaluation of {args.algo} on {args.env} over {args.n_eval_episodes} episodes: {mean:.2f} ± {std:.2f}")
     return 0
@@ -773,6 +891,197 @@ def cmd_adapt(args: argparse.Namespace) -> int:
     return 0
 
 
+# --- benchmark: a grid of runs on Ray ------------------------------------------------------------
+
+THRESHOLDS = {"CartPole-v1": 475.0, "Acrobot-v1": -100.0, "Pendulum-v1": -200.0, "LunarLander-v3": 200.0,
+              "MountainCar-v0": -110.0, "ngrl/CartPoleNoVel-v1": 475.0, "ngrl/CueCorridor-v0": 0.9}
+RUN_FIELDS = ["algo", "env", "seed", "status", "error", "timesteps", "threshold", "steps_to_threshold", "final_eval",
+              "best_eval", "evals_at_threshold", "n_evals", "train_seconds", "seconds_per_100k"]
+
+
+def benchmark_run(task: dict[str, Any]) -> dict[str, Any]:
+    """One (algo, env, seed) of a benchmark grid, the training path of ``train``: resolve, build, learn with
+    periodic evaluation, save. Writes ``result.json`` in the run's folder last, so a rerun skips a finished run."""
+    import time
+
+    import torch
+
+    torch.set_num_threads(1)
+    run_dir = pathlib.Path(task["run_dir"])
+    run_dir.mkdir(parents=True, exist_ok=True)
+    spec = resolve_run(task["algo"], task["env"], seed=task["seed"], overrides=task["overrides"], n_timesteps=task["n_timesteps"])
+    model = build_model(spec, device=task.get("device", "cpu"))
+    write_run_files(run_dir, spec.env, spec.config_block(), spec.algo)
+    evaluation = PeriodicEvaluation(spec, task["eval_freq"], task["n_eval_episodes"], quiet=True)
+    began = time.perf_counter()
+    model.learn(spec.n_timesteps, callback=evaluation.callback())
+    if not evaluation.rows or evaluation.rows[-1]["timesteps"] != model.num_timesteps:
+        evaluation.evaluate_now(model)  # the final policy is always evaluated
+    wall = time.perf_counter() - began
+    model.save(run_dir / "model.zip")
+    evaluation.write_csv(run_dir / "evaluations.csv")
+    result = {"algo": spec.algo, "env": spec.env, "seed": spec.seed, "status": "ok", "error": "",
+              "timesteps": int(model.num_timesteps), "evaluations": evaluation.rows,
+              "train_seconds": evaluation.rows[-1]["train_seconds"], "wall_seconds": round(wall, 3)}
+    _write_json(run_dir / "result.json", result)
+    return result
+
+
+def _write_json(path: pathlib.Path, data: Any) -> None:
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    temporary.write_text(json.dumps(data, indent=1))
+    os.replace(temporary, path)
+
+
+def summarize_run(result: dict[str, Any], threshold: float | None) -> dict[str, Any]:
+    """A run's row of runs.csv: steps to the threshold (first evaluation at or above it), final and best evaluation."""
+    rows = result.get("evaluations", [])
+    means = [r["mean"] for r in rows]
+    reached = [r["timesteps"] for r in rows if threshold is not None and r["mean"] >= threshold]
+    seconds = result.get("train_seconds")
+    return {
+        "algo": result["algo"], "env": result["env"], "seed": result["seed"], "status": result["status"],
+        "error": result.get("error", ""), "timesteps": result.get("timesteps", ""), "threshold": "" if threshold is None else threshold,
+        "steps_to_threshold": reached[0] if reached else "", "final_eval": means[-1] if means else "",
+        "best_eval": max(means) if means else "", "evals_at_threshold": len(reached) if threshold is not None else "",
+        "n_evals": len(means), "train_seconds": seconds if seconds is not None else "",
+        "seconds_per_100k": round(seconds * 100_000 / result["timesteps"], 1) if seconds and result.get("timesteps") else "",
+    }
+
+
+def write_benchmark_tables(out: pathlib.Path, thresholds: dict[str, float]) -> list[dict[str, Any]]:
+    """evaluations.csv, runs.csv and summary.md under ``out`` from every run's result.json."""
+    import csv
+    import statistics
+
+    results = [json.loads(p.read_text()) for p in sorted(out.glob("*/*/result.json"))]
+    results.sort(key=lambda r: (r["env"], r["algo"], r["seed"]))
+    with open(out / "evaluations.csv", "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["algo", "env", "seed", "timesteps", "mean", "std", "train_seconds"])
+        for r in results:
+            for row in r.get("evaluations", []):
+                writer.writerow([r["algo"], r["env"], r["seed"], row["timesteps"], row["mean"], row["std"], row["train_seconds"]])
+    runs = [summarize_run(r, thresholds.get(r["env"])) for r in results]
+    with open(out / "runs.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=RUN_FIELDS)
+        writer.writeheader()
+        writer.writerows(runs)
+
+    def k(steps: float) -> str:
+        return f"{steps / 1000:g}k"
+
+    lines = ["| env (threshold) | algo | solved | steps to threshold (median [min, max]) | final eval (per seed) | "
+             "best eval (per seed) | evals ≥ thr | train s / 100k (median) |", "|---|---|---|---|---|---|---|---|"]
+    for (env, algo) in dict.fromkeys((r["env"], r["algo"]) for r in runs):
+        group = [r for r in runs if r["env"] == env and r["algo"] == algo]
+        done = [r for r in group if r["status"] == "ok"]
+        reached = [r["steps_to_threshold"] for r in done if r["steps_to_threshold"] != ""]
+        steps = f"{k(statistics.median(reached))} [{k(min(reached))}, {k(max(reached))}]" if reached else "—"
+        threshold = thresholds.get(env)
+        speed = [r["seconds_per_100k"] for r in done if r["seconds_per_100k"] != ""]
+        failed = f" ({len(group) - len(done)} failed)" if len(done) < len(group) else ""
+        cells = [
+            f"{env} ({'—' if threshold is None else f'{threshold:g}'})", algo, f"{len(reached)}/{len(group)}{failed}", steps,
+            ", ".join(f"{r['final_eval']:.1f}" for r in done), ", ".join(f"{r['best_eval']:.1f}" for r in done),
+            ", ".join(str(r["evals_at_threshold"]) for r in done), f"{statistics.median(speed):.0f}" if speed else "—",
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
+    (out / "summary.md").write_text("\n".join(lines) + "\n")
+    return runs
+
+
+def cmd_benchmark(args: argparse.Namespace) -> int:
+    if args.n_timesteps < 1 or args.eval_freq < 1 or args.n_eval_episodes < 1 or args.max_retries < 0:
+        raise UsageError("--n-timesteps, --eval-freq and --n-eval-episodes must be positive, --max-retries >= 0")
+    if args.workers is not None and args.workers < 1:
+        raise UsageError(f"--workers must be at least 1, got {args.workers}")
+    import_gym_packages(args.gym_packages)
+    thresholds = {**THRESHOLDS, **{k: float(v) for k, v in parse_key_values(args.thresholds, "--thresholds").items()}}
+    overrides = parse_key_values(args.hyperparams, "--hyperparams")
+    out = pathlib.Path(args.out)
+    tasks = []
+    for algo in args.algos:
+        for env in args.envs:
+            resolve_env(env)
+            algo_overrides = {k: v for k, v in overrides.items() if k in accepted_arguments(algorithm(algo, peers=True)) | set(RUN_KEYS)}
+            resolve_run(algo, env, seed=0, overrides=algo_overrides, n_timesteps=args.n_timesteps)  # bad input: told now
+            for seed in args.seeds:
+                run_dir = out / algo / f"{env_name(env)}_{seed}"
+                result = run_dir / "result.json"
+                if result.is_file() and json.loads(result.read_text()).get("status") == "ok":
+                    continue  # finished in an earlier invocation
+                tasks.append({"algo": algo, "env": env, "seed": seed, "overrides": algo_overrides, "n_timesteps": args.n_timesteps,
+                              "eval_freq": args.eval_freq, "n_eval_episodes": args.n_eval_episodes, "run_dir": str(run_dir)})
+    total = len(args.algos) * len(args.envs) * len(args.seeds)
+    print(f"{total - len(tasks)} of {total} runs already finished under {out}; {len(tasks)} to run.", flush=True)
+    out.mkdir(parents=True, exist_ok=True)
+    status = 0
+    if tasks:
+        status = _run_on_ray(tasks, args)
+    runs = write_benchmark_tables(out, thresholds)
+    print((out / "summary.md").read_text())
+    print(f"Wrote {out / 'evaluations.csv'}, {out / 'runs.csv'} and {out / 'summary.md'}")
+    failed = [r for r in runs if r["status"] != "ok"]
+    if failed and status == 0:
+        print(f"{len(failed)} run(s) failed; see the error column of runs.csv (rerun the command to retry them)", file=sys.stderr)
+        status = 1
+    return status
+
+
+def _run_on_ray(tasks: list[dict[str, Any]], args: argparse.Namespace) -> int:
+    """Each task a Ray task with one CPU; a local Ray with --workers CPUs unless --ray-address joins a cluster."""
+    import time
+
+    try:
+        import ray
+    except ImportError as error:
+        raise UsageError("benchmark needs Ray: python -m pip install -e \".[experiments]\"") from error
+    import train as run_layer  # workers import the module (not __main__) to run its functions
+
+    started_here = not ray.is_initialized()
+    if started_here:
+        if args.ray_address:
+            ray.init(address=args.ray_address, log_to_driver=False)
+        else:
+            ray.init(num_cpus=args.workers or os.cpu_count(), include_dashboard=False, log_to_driver=False,
+                     runtime_env={"env_vars": {"OMP_NUM_THREADS": "1", "PYTHONPATH": str(pathlib.Path(__file__).resolve().parent)}})
+    remote = ray.remote(num_cpus=1, num_gpus=args.gpus_per_run, max_retries=args.max_retries, retry_exceptions=True)(
+        run_layer.benchmark_run
+    )
+    pending = {remote.remote(task): task for task in tasks}
+    done = failed = 0
+    began = time.perf_counter()
+    try:
+        while pending:
+            ready, _ = ray.wait(list(pending), num_returns=1, timeout=30.0)
+            for ref in ready:
+                task = pending.pop(ref)
+                try:
+                    ray.get(ref)
+                    done += 1
+                except Exception as error:  # the run raised (after its retries) or its worker died
+                    failed += 1
+                    message = str(getattr(error, "cause", None) or error).strip().splitlines()
+                    run_layer._write_json(pathlib.Path(task["run_dir"]) / "result.json", {
+                        "algo": task["algo"], "env": task["env"], "seed": task["seed"], "status": "failed",
+                        "error": (message[-1] if message else type(error).__name__)[:500], "evaluations": []})
+            finished = done + failed
+            elapsed = time.perf_counter() - began
+            eta = f", about {elapsed / finished * len(pending) / 60:.1f} min left" if finished else ""
+            print(f"[benchmark] {done} done, {failed} failed, {len(pending)} to go{eta}", flush=True)
+    except KeyboardInterrupt:
+        for ref in pending:
+            ray.cancel(ref, force=True)
+        print(f"Interrupted: {done} runs finished and are kept; rerun the same command to run the other {len(pending)}.",
+              file=sys.stderr)
+        return 130
+    finally:
+        if started_here:
+            ray.shutdown()
+    return 0
+
+
 # --- the parser -------------------------------------------------------------------------------
 
 
@@ -811,7 +1120,9 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--env-kwargs", nargs="*", metavar="KEY=VALUE", help="keyword arguments of the env (parsed as data)")
     train.add_argument("--gym-packages", nargs="*", metavar="PACKAGE", help="packages to import first (they register env ids)")
     train.add_argument("--seed", type=int, help="random seed (default: the config's, else 0)")
-    train.add_argument("--n-eval-episodes", type=int, default=10, help="episodes of the final evaluation (0: none)")
+    train.add_argument("--n-eval-episodes", type=int, default=10, help="episodes of each evaluation (0: no final evaluation)")
+    train.add_argument("--eval-freq", type=int, default=0, metavar="N",
+                       help="also evaluate every N steps on a separate env (one line each; <run>/evaluations.csv)")
     train.add_argument("--save-replay-buffer", action="store_true",
                        help="off-policy agents (ngdqn): also save the replay buffer with each checkpoint (plain arrays), "
                             "so that --trained-agent continues with it")
@@ -851,6 +1162,24 @@ def build_parser() -> argparse.ArgumentParser:
     adapt.add_argument("--output", help="also write the returns per task to this JSON file")
     _add_common(adapt)
     adapt.set_defaults(handler=cmd_adapt)
+
+    bench = commands.add_parser("benchmark", help="a grid of algorithms × envs × seeds on Ray, with learning curves and tables")
+    bench.add_argument("--algos", nargs="+", required=True,
+                       help=f"ngrl's ({', '.join(ALGO_NAMES)}) and SB3's peers (ppo, a2c, dqn; trpo, recurrentppo with the bench extra)")
+    bench.add_argument("--envs", nargs="+", required=True, help="gymnasium ids or module:EnvClass")
+    bench.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="seeds (default 0 1 2)")
+    bench.add_argument("--n-timesteps", type=int, default=100_000, help="environment steps per run (default 100000)")
+    bench.add_argument("--eval-freq", type=int, default=5_000, help="evaluate every N steps (default 5000)")
+    bench.add_argument("--n-eval-episodes", type=int, default=10, help="deterministic episodes per evaluation (default 10)")
+    bench.add_argument("--hyperparams", nargs="*", metavar="KEY=VALUE", help="override config entries (for the algos that take them)")
+    bench.add_argument("--thresholds", nargs="*", metavar="ENV=VALUE", help="reward thresholds for 'steps to threshold'")
+    bench.add_argument("--out", required=True, help="output folder: one folder per run, evaluations.csv, runs.csv, summary.md")
+    bench.add_argument("--workers", type=int, help="CPUs of the local Ray instance (default: all cores)")
+    bench.add_argument("--ray-address", help="join a running Ray cluster (e.g. auto, or HOST:6379) instead of starting one")
+    bench.add_argument("--gpus-per-run", type=float, default=0.0, help="GPUs reserved per run (default 0)")
+    bench.add_argument("--max-retries", type=int, default=1, help="retries of a run that raises or whose worker dies (default 1)")
+    bench.add_argument("--gym-packages", nargs="*", metavar="PACKAGE", help="packages to import first (they register env ids)")
+    bench.set_defaults(handler=cmd_benchmark, num_threads=1, allow_unsafe_pickle=False, device="cpu")
     return parser
 
 

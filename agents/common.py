@@ -1,27 +1,13 @@
-"""What every ngrl agent shares: safe atomic checkpoints (``agents.checkpoint``), actor/critic parameter lists."""
+"""What every ngrl agent shares: safe atomic checkpoints (``agents.checkpoint``) and the critic's parameters.
+
+The actor/critic split is defined once, in :mod:`ngrl.sb3_adapter`: the actor's parameters are its actor
+view's ``params`` (:func:`ngrl.actor_view`), the critic's are :func:`critic_parameters` (re-exported here).
+"""
 
 from __future__ import annotations
 
-from torch import nn
-from stable_baselines3.common.policies import ActorCriticPolicy
-
 from agents.checkpoint import CheckpointError, CheckpointMixin, NonFiniteParametersError, register_safe_class, zip_path
+from ngrl.sb3_adapter import critic_parameters
 
 __all__ = ["CheckpointError", "CheckpointMixin", "NonFiniteParametersError", "critic_parameters", "register_safe_class", "zip_path"]
-
-
-def critic_parameters(policy: ActorCriticPolicy) -> list[nn.Parameter]:
-    """The value function's own parameters (critic features extractor if not shared, value MLP, value head).
-
-    A policy with modules of its own in the critic's path (a recurrent core) declares them by a
-    ``critic_parameters()`` method, which is used instead.
-    """
-    own = getattr(policy, "critic_parameters", None)
-    if callable(own):
-        return list(own())
-    modules: list[nn.Module] = [policy.mlp_extractor.value_net, policy.value_net]
-    if not policy.share_features_extractor:
-        modules.insert(0, policy.vf_features_extractor)
-    return list({id(p): p for m in modules for p in m.parameters()}.values())
-
 

@@ -22,11 +22,11 @@ from stable_baselines3.common.buffers import RolloutBuffer
 from torch import Tensor
 from torch.nn import functional as F
 
-from stable_baselines3.common.policies import BasePolicy
+from stable_baselines3.common.policies import ActorCriticPolicy
 
-from agents.recurrent.on_policy import actor_module, whole_rollout
-from ngrl.fisher import policy_distribution
+from agents.recurrent.on_policy import whole_rollout
 from ngrl.fisher.distributions import OutputDistribution
+from ngrl.sb3_adapter import ActorView, actor_view
 
 __all__ = [
     "PolicyGradientBatch",
@@ -54,7 +54,7 @@ class PolicyGradientBatch:
 
     :param rollout: the rollout as :func:`agents.recurrent.on_policy.whole_rollout` gives it (flat
         transitions, or one sequence per env with its start state for a recurrent policy)
-    :param actor_inputs: what the actor module reads of it (observations, or the sequences)
+    :param actor_inputs: what the actor reads of it (``ActorView.inputs_from``: observations, or the sequences)
     :param actions: the actions in the layout of the policy's output family (class indices for Discrete)
     :param old_log_prob: log π_old(a|s), recorded while acting
     :param advantages: Â, standardised if the learner standardises
@@ -79,17 +79,22 @@ def surrogate_objective(family: OutputDistribution, outputs: Tensor, actions: Te
     return (torch.exp(family.log_prob(outputs, actions) - old_log_prob) * advantages).mean()
 
 
-def policy_surrogate(policy: BasePolicy, batch: PolicyGradientBatch) -> Tensor:
-    """``batch``'s surrogate under ``policy``'s current actor (its parameters may differ from π_old's)."""
-    return batch.surrogate(policy_distribution(policy), actor_module(policy)(batch.actor_inputs))
+def policy_surrogate(policy: ActorCriticPolicy | ActorView, batch: PolicyGradientBatch) -> Tensor:
+    """``batch``'s surrogate under the current actor of ``policy`` (or of an actor view; its parameters may differ from π_old's)."""
+    view = policy if isinstance(policy, ActorView) else actor_view(policy)
+    return batch.surrogate(view.family, view.outputs(batch.actor_inputs))
 
 
-def policy_gradient_batch(buffer: RolloutBuffer, action_space: spaces.Space, normalize_advantage: bool = True) -> PolicyGradientBatch:
+def policy_gradient_batch(
+    buffer: RolloutBuffer, action_space: spaces.Space, normalize_advantage: bool = True, *, actor: ActorView
+) -> PolicyGradientBatch:
     """The whole rollout of ``buffer`` (GAE already computed) as a :class:`PolicyGradientBatch`.
 
+    :param actor: the view of the actor that will read it (it says what the actor reads of the rollout)
     :raises ValueError: when an advantage is NaN or infinite (diverged rewards or values)
     """
-    rollout, actor_inputs = whole_rollout(buffer)
+    rollout = whole_rollout(buffer)
+    actor_inputs = actor.inputs_from(rollout)
     actions = rollout.actions.long().flatten() if isinstance(action_space, spaces.Discrete) else rollout.actions
     if not torch.isfinite(rollout.advantages).all():
         raise ValueError(
@@ -117,13 +122,13 @@ class PolicyUpdate:
 class PolicyGradientMixin:
     """The policy-gradient parts of an on-policy learner (list it before ``RecurrentOnPolicyMixin`` and the SB3 base).
 
-    Needs ``normalize_advantage``, ``n_critic_updates``, ``_actor_params`` and ``_critic_batches()``
-    (from :class:`agents.recurrent.on_policy.RecurrentOnPolicyMixin`).
+    Needs ``normalize_advantage``, ``n_critic_updates``, ``_actor`` (the actor view), ``_actor_params``
+    and ``_critic_batches()`` (from :class:`agents.recurrent.on_policy.RecurrentOnPolicyMixin`).
     """
 
     def policy_gradient_batch(self) -> PolicyGradientBatch:
         """The learner's current rollout buffer, prepared as its ``train()`` uses it (advantages standardised or not)."""
-        return policy_gradient_batch(self.rollout_buffer, self.action_space, self.normalize_advantage)  # type: ignore[attr-defined]
+        return policy_gradient_batch(self.rollout_buffer, self.action_space, self.normalize_advantage, actor=self._actor)  # type: ignore[attr-defined]
 
     def _fit_critic(self) -> float:
         """``n_critic_updates`` epochs of minibatch regression of V on the GAE returns with the policy's optimizer.

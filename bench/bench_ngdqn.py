@@ -45,30 +45,6 @@ sys.path.insert(0, str(ROOT))
 
 THRESHOLDS = {"CartPole-v1": 475.0, "Acrobot-v1": -100.0, "LunarLander-v3": 200.0, "MountainCar-v0": -110.0}
 
-# rl-baselines3-zoo 2.x hyperparams/dqn.yml. CartPole's exploration_fraction 0.16 of the zoo's 50k steps
-# is 8k steps: 0.08 keeps that within a 100k budget.
-DQN_ZOO: dict[str, dict[str, Any]] = {
-    "CartPole-v1": dict(
-        learning_rate=2.3e-3, batch_size=64, buffer_size=100_000, learning_starts=1000, gamma=0.99,
-        target_update_interval=10, train_freq=256, gradient_steps=128, exploration_fraction=0.08,
-        exploration_final_eps=0.04, policy_kwargs=dict(net_arch=[256, 256]),
-    ),
-    "Acrobot-v1": dict(
-        learning_rate=6.3e-4, batch_size=128, buffer_size=50_000, learning_starts=0, gamma=0.99,
-        target_update_interval=250, train_freq=4, gradient_steps=-1, exploration_fraction=0.12,
-        exploration_final_eps=0.1, policy_kwargs=dict(net_arch=[256, 256]),
-    ),
-    "LunarLander-v3": dict(
-        learning_rate=6.3e-4, batch_size=128, buffer_size=50_000, learning_starts=0, gamma=0.99,
-        target_update_interval=250, train_freq=4, gradient_steps=-1, exploration_fraction=0.12,
-        exploration_final_eps=0.1, policy_kwargs=dict(net_arch=[256, 256]),
-    ),
-    "MountainCar-v0": dict(
-        learning_rate=4e-3, batch_size=128, buffer_size=10_000, learning_starts=1000, gamma=0.98,
-        target_update_interval=600, train_freq=16, gradient_steps=8, exploration_fraction=0.2,
-        exploration_final_eps=0.07, policy_kwargs=dict(net_arch=[256, 256]),
-    ),
-}
 RUN_KEYS = ("n_timesteps", "policy", "n_envs", "normalize")
 
 
@@ -97,7 +73,9 @@ def make_algo(algo: str, env_id: str, venv, seed: int, overrides: dict[str, Any]
     if algo == "ngdqn-target":  # the same NGDQN with DQN's target network, refreshed every 500 steps
         config = {**ngdqn_config(env_id), "target_network": True, "target_update_interval": 500, **overrides}
         return NGDQN("MlpPolicy", venv, seed=seed, device="cpu", **_with_schedules(config))
-    config = dict(DQN_ZOO[env_id])
+    import train
+
+    config = {k: v for k, v in train.constructor_kwargs(train.load_hyperparams("dqn", env_id, {})).items() if k not in RUN_KEYS}
     if algo == "dqn":
         return DQN("MlpPolicy", venv, seed=seed, device="cpu", **config)
     if algo == "dqn-notarget":

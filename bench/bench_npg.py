@@ -31,29 +31,12 @@ sys.path.insert(0, str(ROOT))  # agents, ngrl and train.py (the configuration la
 RESULTS = ROOT / "bench" / "results"
 THRESHOLDS = {"CartPole-v1": 475.0, "Acrobot-v1": -100.0, "Pendulum-v1": -200.0}
 
-# rl-baselines3-zoo's tuned entries (hyperparams/trpo.yml and ppo.yml).
-ZOO = {
-    "trpo": {
-        "CartPole-v1": dict(n_envs=2, n_steps=512, batch_size=512, cg_damping=1e-3, gae_lambda=0.98, gamma=0.99,
-                            learning_rate=1e-3, n_critic_updates=20),
-        "Acrobot-v1": dict(normalize=True, n_envs=2, n_steps=1024),
-        "Pendulum-v1": dict(n_envs=2, n_steps=1024, gamma=0.9, n_critic_updates=15, use_sde=True, sde_sample_freq=4),
-    },
-    "ppo": {
-        "CartPole-v1": dict(n_envs=8, n_steps=32, batch_size=256, gae_lambda=0.8, gamma=0.98, n_epochs=20, ent_coef=0.0,
-                            learning_rate="lin_1e-3", clip_range="lin_0.2"),
-        "Acrobot-v1": dict(normalize=True, n_envs=16, n_steps=256, gae_lambda=0.94, gamma=0.99, n_epochs=4, ent_coef=0.0),
-        "Pendulum-v1": dict(n_envs=4, n_steps=1024, gae_lambda=0.95, gamma=0.9, n_epochs=10, ent_coef=0.0, learning_rate=1e-3,
-                            clip_range=0.2, use_sde=True, sde_sample_freq=4),
-    },
-}
-
-
 def hyperparams(algo: str, env_id: str) -> dict[str, Any]:
-    """NPG: its block of configs/npg.yml, read as `train.py train` reads it; TRPO, PPO: the zoo's entries above."""
+    """The algorithm's block of configs/<algo>.yml, read as `train.py` reads it: NPG's own, and rl-baselines3-zoo's
+    tuned entries for TRPO (configs/trpo.yml) and PPO (configs/ppo.yml)."""
     import train  # the configuration layer
 
-    params = train.load_hyperparams("npg", env_id, {}) if algo == "npg" else dict(ZOO[algo][env_id])
+    params = train.load_hyperparams(algo, env_id, {})
     params.pop("n_timesteps", None)
     params.pop("policy", None)
     return train.constructor_kwargs(params)

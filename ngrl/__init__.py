@@ -1,6 +1,7 @@
 """ngrl's backend: Fisher operators, conjugate gradient and natural-gradient steps, device-agnostic.
 
-Nothing here knows about agents, environments or the command line.
+Nothing here knows about agents, environments or the command line; only ``ngrl.sb3_adapter`` knows
+SB3's policy internals (the actor view every agent uses).
 """
 
 from ngrl import fisher
@@ -10,12 +11,14 @@ from ngrl.device import get_device
 from ngrl.ernn import ERNN, ERNNCell
 from ngrl.linearize import linearize
 from ngrl.natural_step import LineSearchConfig, NaturalStep, natural_step
+from ngrl.sb3_adapter import ActorView, actor_view
 from ngrl.params import flat_grad, flatten, get_flat_params, num_params, set_flat_params, unflatten
 from ngrl.trust_region import LineSearchResult, backtracking_line_search, kl_step_size
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "ActorView",
     "CGConfig",
     "CGResult",
     "ERNN",
@@ -24,6 +27,7 @@ __all__ = [
     "LineSearchResult",
     "NaturalStep",
     "NotPositiveDefiniteError",
+    "actor_view",
     "backtracking_line_search",
     "compatible_features",
     "conjugate_gradient",

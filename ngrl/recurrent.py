@@ -19,7 +19,7 @@ from torch import Tensor
 
 from ngrl.fisher.distributions import OutputDistribution
 from ngrl.fisher.operator import CurvatureOperator
-from ngrl.fisher.policy import ESTIMATORS, fisher_from_linearization
+from ngrl.fisher.estimators import ESTIMATORS, fisher_from_linearization
 
 __all__ = ["SequenceLinearization", "sequence_fisher"]
 
@@ -119,7 +119,7 @@ def sequence_fisher(
 
     ``fn`` runs the whole sequences (hidden state from the stored start state, reset at episode
     starts) and returns the (n, k) raw outputs of the action distribution ``family``; Jᵢ is taken
-    through the unrolled recurrence. Estimators as :func:`ngrl.fisher.policy_fisher`:
+    through the unrolled recurrence. Estimators as :func:`ngrl.sb3_adapter.policy_fisher`:
     ``"exact"`` Hᵢ = H(zᵢ), the output Fisher (equal to the Hessian of the mean KL at θ_old);
     ``"score"`` Hᵢ = gᵢgᵢᵀ with gᵢ = ∇_z log π(aᵢ|zᵢ) for actions sampled from the model;
     ``"empirical"`` the same at the given ``actions`` (not the Fisher unless the actions are model

@@ -571,7 +571,7 @@ def test_task_rollouts_store_the_states_a_recurrent_policy_ran_with(cell):
             p.data.add_(0.3 * torch.randn_like(p))  # different policies per task
     collect_task_rollouts(make_vec_env(CARTPOLE, n_envs=2, seed=0), model._learners, 96)
     for learner in model._learners:
-        rollout, _ = whole_rollout(learner.rollout_buffer)
+        rollout = whole_rollout(learner.rollout_buffer)
         assert rollout.episode_starts.sum() > 1  # the first step, and at least one reset inside
         values, log_prob, _ = learner.policy.evaluate_actions(
             rollout.observations, rollout.actions.long().flatten(), rollout.states, rollout.episode_starts
@@ -634,7 +634,7 @@ def test_imaml_fisher_curvature_of_a_recurrent_policy_is_the_kl_hessian():
     model._start_learner(learner)
     learner.policy.double()
     collect_task_rollouts(make_vec_env(CARTPOLE, n_envs=1, seed=0), [learner], 32)
-    batch = whole_rollout(learner.rollout_buffer)[0]
+    batch = whole_rollout(learner.rollout_buffer)
     batch = batch._replace(observations=batch.observations.double(), states=type(batch.states)(
         *(tuple(s.double() for s in part) for part in batch.states)))
     mv = model._curvature_mv(learner.policy, PolicyGradientBatch(batch, batch, batch.actions, batch.old_log_prob, batch.advantages))

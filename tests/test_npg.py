@@ -211,16 +211,14 @@ def _tuple_action_env():
 def test_indefinite_curvature_is_reported(monkeypatch):
     model = NPG("MlpPolicy", "CartPole-v1", seed=0, **SMALL)
     model.learn(64)
-    import agents.npg.npg as npg_module
-
-    real = npg_module.policy_fisher
+    real = model._actor.fisher  # the actor view's Fisher, the one NPG's train() takes
 
     def negated(*args, **kwargs):
         op = real(*args, **kwargs)
         op.mv = lambda v: -v
         return op
 
-    monkeypatch.setattr(npg_module, "policy_fisher", negated)
+    monkeypatch.setattr(model._actor, "fisher", negated)
     with pytest.raises(NotPositiveDefiniteError, match="not positive definite"):
         model.train()
 

@@ -257,7 +257,7 @@ def test_recurrent_npg_step_equals_the_dense_natural_gradient(k):
     _collect(model)
     _to_float64(model)
     policy, params = model.policy, model._actor_params
-    seqs, _ = whole_rollout(model.rollout_buffer)  # one sequence per env, env-major rows
+    seqs = whole_rollout(model.rollout_buffer)  # one sequence per env, env-major rows
     theta0 = get_flat_params(params).clone()
     actions = seqs.actions.long().flatten()
     advantages = _standardised(seqs.advantages)

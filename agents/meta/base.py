@@ -30,7 +30,7 @@ from agents.npg import NPG
 from agents.recurrent import CnnErnnPolicy, MlpErnnPolicy
 from envs.task_family import Task, check_task
 from ngrl import get_flat_params, set_flat_params
-from ngrl.fisher import actor_parameters
+from ngrl.sb3_adapter import actor_parameters
 
 __all__ = ["INNER_ALGOS", "MetaLearner", "TaskAdaptation"]
 

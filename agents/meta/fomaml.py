@@ -14,17 +14,15 @@ from stable_baselines3.common.type_aliases import GymEnv, Schedule
 from agents.arguments import check_arguments
 from agents.meta.base import MetaLearner, TaskAdaptation
 from agents.policy_gradient import PolicyGradientBatch, policy_surrogate
-from agents.recurrent.on_policy import actor_module, is_recurrent
 from ngrl import CGConfig, LineSearchConfig, flat_grad, get_flat_params, natural_step, set_flat_params, unflatten
-from ngrl.fisher import CurvatureOperator, MeanOperator, actor_parameters, policy_distribution, policy_fisher
-from ngrl.linearize import module_function
-from ngrl.recurrent import sequence_fisher
+from ngrl.fisher import CurvatureOperator, MeanOperator
+from ngrl.sb3_adapter import ActorView, actor_view
 
 __all__ = ["FOMAML", "adapted_test_gradient", "rollout_fisher", "surrogate_loss"]
 
 
 
-def surrogate_loss(policy: BasePolicy, batch: PolicyGradientBatch) -> torch.Tensor:
+def surrogate_loss(policy: BasePolicy | ActorView, batch: PolicyGradientBatch) -> torch.Tensor:
     """L(φ) = −mean(π_φ(a|s)/π_old(a|s) · Â) on a prepared rollout (Â standardised as the inner learner does).
 
     Its gradient at φ = φ_old is the negative policy gradient −mean(∇log π · Â).
@@ -36,20 +34,18 @@ def adapted_test_gradient(record: TaskAdaptation) -> torch.Tensor:
     """∇_φ L_test(φᵢ): the test surrogate's gradient at the adapted actor, on the record's fresh rollout of φᵢ."""
     if record.test_batch is None:
         raise ValueError("the record has no test rollout: adapt with test_batches=True")
-    return flat_grad(surrogate_loss(record.policy, record.test_batch), actor_parameters(record.policy))
+    actor = actor_view(record.policy)
+    return flat_grad(surrogate_loss(actor, record.test_batch), actor.params)
 
 
-def rollout_fisher(policy: BasePolicy, rollout: Any, damping: float = 0.0) -> CurvatureOperator:
+def rollout_fisher(policy: BasePolicy | ActorView, rollout: Any, damping: float = 0.0) -> CurvatureOperator:
     """The exact Fisher of ``policy``'s actor on a whole rollout (:func:`~agents.recurrent.on_policy.whole_rollout`).
 
-    F = (1/n) Σᵢ Jᵢᵀ H(zᵢ) Jᵢ over the rollout's states; for a recurrent policy Jᵢ runs through the
-    unrolled recurrence from each sequence's stored start state.
+    F = (1/n) Σᵢ Jᵢᵀ H(zᵢ) Jᵢ over the rollout's states, through the actor's view (for a recurrent
+    policy Jᵢ runs through the unrolled recurrence from each sequence's stored start state).
     """
-    params = actor_parameters(policy)
-    family = policy_distribution(policy)
-    if is_recurrent(policy):
-        return sequence_fisher(module_function(actor_module(policy), params), params, rollout, family, damping=damping)
-    return policy_fisher(policy, rollout.observations, estimator="exact", damping=damping)
+    actor = policy if isinstance(policy, ActorView) else actor_view(policy)
+    return actor.fisher(actor.inputs_from(rollout), estimator="exact", damping=damping)
 
 
 class FOMAML(MetaLearner):
@@ -157,28 +153,28 @@ class FOMAML(MetaLearner):
 
         Fᵢ is the Fisher of the adapted policy ``records[i].policy`` on its test rollout ``records[i].test_batch``.
         """
-        policies = [record.policy for record in records]
+        actors = [actor_view(record.policy) for record in records]
         batches = [record.test_batch for record in records]
         fisher = MeanOperator(
-            [rollout_fisher(policy, batch.rollout) for policy, batch in zip(policies, batches)], damping=self.meta_cg_damping
+            [rollout_fisher(actor, batch.rollout) for actor, batch in zip(actors, batches)], damping=self.meta_cg_damping
         )  # meanᵢ F(φᵢ) + λI
 
         # TRPO's line search on the first-order model: every adapted policy moves with θ.
-        params = [actor_parameters(policy) for policy in policies]
+        params = [actor.params for actor in actors]
         adapted = [record.adapted_actor for record in records]
-        family = policy_distribution(self.policy)  # one architecture for θ and every φᵢ
+        family = actors[0].family  # one architecture for θ and every φᵢ
         with torch.no_grad():
             inputs = [batch.actor_inputs for batch in batches]
-            old_outputs = [actor_module(policy)(x) for policy, x in zip(policies, inputs)]
-            baseline = float(np.mean([surrogate_loss(policy, batch).item() for policy, batch in zip(policies, batches)]))
+            old_outputs = [actor.outputs(x) for actor, x in zip(actors, inputs)]
+            baseline = float(np.mean([surrogate_loss(actor, batch).item() for actor, batch in zip(actors, batches)]))
 
         @torch.no_grad()
         def evaluate(step: torch.Tensor) -> tuple[float, float]:
             losses, kls = [], []
-            for policy, batch, p, phi, x, old in zip(policies, batches, params, adapted, inputs, old_outputs):
+            for actor, batch, p, phi, x, old in zip(actors, batches, params, adapted, inputs, old_outputs):
                 set_flat_params(p, phi - step)
-                losses.append(surrogate_loss(policy, batch).item())
-                kls.append(family.kl(old, actor_module(policy)(x)).mean().item())
+                losses.append(surrogate_loss(actor, batch).item())
+                kls.append(family.kl(old, actor.outputs(x)).mean().item())
             return -float(np.mean(losses)), float(np.mean(kls))
 
         try:  # d = (meanᵢ F(φᵢ) + λI)⁻¹ g, α = sqrt(2δ / dᵀ(meanᵢ F(φᵢ) + λI)d), backtracked (ngrl.natural_step)

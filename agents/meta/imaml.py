@@ -16,7 +16,7 @@ from agents.meta.base import TaskAdaptation
 from agents.meta.fomaml import FOMAML, adapted_test_gradient, rollout_fisher, surrogate_loss
 from agents.policy_gradient import PolicyGradientBatch, PolicyUpdate
 from ngrl import get_flat_params, set_flat_params
-from ngrl.fisher import actor_parameters
+from ngrl.sb3_adapter import actor_parameters, actor_view
 from ngrl.implicit import hessian_vector_product, implicit_meta_gradient, proximal_shrink
 
 __all__ = ["IMAML"]
@@ -94,9 +94,10 @@ class IMAML(FOMAML):
 
     def _curvature_mv(self, policy: BasePolicy, batch: PolicyGradientBatch) -> Callable[[torch.Tensor], torch.Tensor]:
         """v ↦ C v at the adapted actor of ``policy`` on ``batch`` (the rollout of the last inner update)."""
+        actor = actor_view(policy)
         if self.curvature == "hessian":
-            return hessian_vector_product(surrogate_loss(policy, batch), actor_parameters(policy))
-        return rollout_fisher(policy, batch.rollout).mv  # recurrent: through the unrolled recurrence
+            return hessian_vector_product(surrogate_loss(actor, batch), actor.params)
+        return rollout_fisher(actor, batch.rollout).mv  # the view's Fisher (recurrent: through the unrolled recurrence)
 
     def _outer_update(self, records: Sequence[TaskAdaptation]) -> dict[str, float]:
         """gᵢ = (I + C/λ)⁻¹ ∇L_test(φᵢ) by conjugate gradient for each record (eq. 7 of the paper); θ moves along meanᵢ gᵢ."""

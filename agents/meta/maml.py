@@ -10,7 +10,7 @@ from gymnasium import spaces
 from torch import Tensor
 
 from agents.policy_gradient import standardize_advantages, surrogate_objective
-from ngrl.fisher import ActorOutputs, actor_parameters, policy_distribution
+from ngrl.sb3_adapter import actor_view
 
 __all__ = ["maml_meta_gradient"]
 
@@ -26,19 +26,16 @@ def maml_meta_gradient(policy: Any, inner_batches: Sequence[Any], test_batch: An
     :param inner_batches: one rollout batch (``RolloutBufferSamples``) per inner step
     :param test_batch: the batch of the test loss
     :param step_size: α
-    :return: the flat meta-gradient over ``actor_parameters(policy)``
+    :return: the flat meta-gradient over the actor's parameters (``actor_view(policy).params``)
     """
-    actor = ActorOutputs(policy)
-    family = policy_distribution(policy)
-    theta = actor_parameters(policy)
-    index = {id(p): name for name, p in actor.named_parameters()}
-    names = [index[id(p)] for p in theta]  # by identity: the names functional_call needs
+    actor = actor_view(policy)
+    theta = actor.params
 
     def loss(values: Sequence[Tensor], batch: Any) -> Tensor:
         actions = batch.actions.long().flatten() if isinstance(policy.action_space, spaces.Discrete) else batch.actions
         advantages = standardize_advantages(batch.advantages)
-        outputs = torch.func.functional_call(actor, dict(zip(names, values)), (batch.observations,))
-        return -surrogate_objective(family, outputs, actions, batch.old_log_prob, advantages)
+        outputs = actor.function(values, actor.inputs_from(batch))  # the actor at φ = values
+        return -surrogate_objective(actor.family, outputs, actions, batch.old_log_prob, advantages)
 
     phi: list[Tensor] = list(theta)
     for batch in inner_batches:

@@ -15,7 +15,7 @@ from stable_baselines3.common.vec_env import VecEnv
 from torch import Tensor, nn
 
 from agents.recurrent.on_policy import is_recurrent, terminal_value
-from ngrl.fisher import ActorOutputs, policy_distribution
+from ngrl.sb3_adapter import FeedForwardActor
 
 __all__ = ["StackedPolicies", "collect_task_rollouts"]
 
@@ -30,7 +30,7 @@ class _ActorCritic(nn.Module):
 
     def __init__(self, policy: ActorCriticPolicy) -> None:
         super().__init__()
-        self.actor = ActorOutputs(policy)
+        self.actor = FeedForwardActor(policy)
 
     def forward(self, obs: Tensor) -> tuple[Tensor, Tensor]:
         policy = self.actor.policy
@@ -47,7 +47,7 @@ class StackedPolicies:
     def __init__(self, policies: Sequence[ActorCriticPolicy]) -> None:
         modules = [_ActorCritic(p) for p in policies]
         self.params, self.buffers = torch.func.stack_module_state(modules)
-        self.family = policy_distribution(policies[0])
+        self.family = modules[0].actor.family
         template = modules[0]
 
         def one(params: dict[str, Tensor], buffers: dict[str, Tensor], obs: Tensor) -> tuple[Tensor, Tensor]:

@@ -16,7 +16,6 @@ from agents.recurrent import CnnErnnPolicy, MlpErnnPolicy
 from agents.policy_gradient import PolicyGradientMixin, PolicyUpdate
 from agents.recurrent.on_policy import RecurrentOnPolicyMixin
 from ngrl import flat_grad, get_flat_params, set_flat_params
-from ngrl.fisher import policy_distribution
 
 __all__ = ["VPG"]
 
@@ -119,22 +118,18 @@ class VPG(CheckpointMixin, PolicyGradientMixin, RecurrentOnPolicyMixin, OnPolicy
 
     def _setup_model(self) -> None:
         self._setup_actor()
-        self._family = policy_distribution(self.policy)
-
-    def _excluded_save_params(self) -> list[str]:
-        return [*super()._excluded_save_params(), "_family"]
 
     def train(self) -> PolicyUpdate:
         """θ ← θ + α ĝ on the whole rollout, then the critic's epochs."""
         self.policy.set_training_mode(True)
         self._update_learning_rate(self.policy.optimizer)
         batch = self.policy_gradient_batch()
-        params = self._actor_params
-        outputs = self._actor(batch.actor_inputs)
-        gradient = flat_grad(batch.surrogate(self._family, outputs), params)  # ĝ = mean ∇log π · Â at θ_old
+        params, family = self._actor_params, self._actor.family
+        outputs = self._actor.outputs(batch.actor_inputs)
+        gradient = flat_grad(batch.surrogate(family, outputs), params)  # ĝ = mean ∇log π · Â at θ_old
         set_flat_params(params, get_flat_params(params) + self.step_size * gradient)
         with torch.no_grad():
-            kl = float(self._family.kl(outputs.detach(), self._actor(batch.actor_inputs)).mean())
+            kl = float(family.kl(outputs.detach(), self._actor.outputs(batch.actor_inputs)).mean())
         value_loss = self._fit_critic()
 
         self._n_updates += 1

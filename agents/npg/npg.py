@@ -27,15 +27,7 @@ from ngrl import (
     natural_step,
     set_flat_params,
 )
-from ngrl.fisher import (
-    KFACOperator,
-    kfac_from_linearization,
-    policy_distribution,
-    policy_fisher,
-    policy_linearization,
-)
-from ngrl.linearize import module_function
-from ngrl.recurrent import SequenceLinearization, sequence_fisher
+from ngrl.fisher import KFACOperator, kfac_from_linearization
 
 SelfNPG = TypeVar("SelfNPG", bound="NPG")
 
@@ -62,6 +54,7 @@ class NPG(CheckpointMixin, PolicyGradientMixin, RecurrentOnPolicyMixin, OnPolicy
     environment with the state that entered it; the surrogate, its gradient and the Fisher
     F = (1/n) Σᵢ Jᵢᵀ H(zᵢ) Jᵢ are taken through the unrolled recurrence from that stored state
     (``ngrl.recurrent.sequence_fisher``), and the critic is fitted on windows of ``sequence_length`` steps.
+    Both kinds are reached through the actor's view (``ngrl.actor_view``): ``train()`` has no branch on kind.
 
     :param policy: the policy model ("MlpPolicy", "CnnPolicy", "MultiInputPolicy", "MlpErnnPolicy",
         "CnnErnnPolicy" or a class)
@@ -204,50 +197,24 @@ class NPG(CheckpointMixin, PolicyGradientMixin, RecurrentOnPolicyMixin, OnPolicy
             legacy = self.__dict__.pop("use_preconditioner")
             self.preconditioner = "diagonal" if legacy else ("kfac" if self.fisher_estimator == "kfac" else None)
         self._setup_actor()
-        if self._recurrent and self.preconditioner == "kfac":
+        if self.preconditioner == "kfac" and not self._actor.supports_kfac:
             raise ValueError("preconditioner='kfac' needs an MLP actor; with a recurrent policy use None or 'diagonal'")
-        self._family = policy_distribution(self.policy)
-        if self._recurrent:
-            # the actor as a function of whole sequences (stored start state, resets at episode starts)
-            self._actor_fn = module_function(self._actor, self._actor_params)
-
-    def _excluded_save_params(self) -> list[str]:
-        return [*super()._excluded_save_params(), "_family", "_actor_fn"]
 
     def _fisher(self, inputs: Any, actions: torch.Tensor):
-        """The Fisher operator over the actor's parameters, on every ``sub_sampling_factor``-th state (or sequence)."""
-        k = self.sub_sampling_factor
-        if self._recurrent:
-            if k > 1:
-                keep = torch.arange(0, inputs.states.pi[0].shape[0], k, device=actions.device)
-                length = inputs.sequence_length
-                rows = (keep.unsqueeze(1) * length + torch.arange(length, device=actions.device)).flatten()
-                inputs = inputs._replace(
-                    observations=inputs.observations[rows],
-                    episode_starts=inputs.episode_starts[rows],
-                    states=type(inputs.states)(*(tuple(s[keep] for s in part) for part in inputs.states)),
-                )
-                actions = actions[rows]
-            fisher = sequence_fisher(
-                self._actor_fn, self._actor_params, inputs, self._family,
-                estimator=self.fisher_estimator, actions=actions, damping=self.cg_damping,
-            )
-            return fisher, inputs
-        if k > 1:
-            inputs = {key: v[::k] for key, v in inputs.items()} if isinstance(inputs, dict) else inputs[::k]
-            actions = actions[::k]
-        fisher = policy_fisher(self.policy, inputs, estimator=self.fisher_estimator, actions=actions, damping=self.cg_damping)
+        """The Fisher operator over the actor's parameters on every ``sub_sampling_factor``-th state, and those states.
+
+        "Every k-th state" is the view's: every k-th observation, or every k-th whole sequence of a recurrent actor.
+        """
+        inputs, actions = self._actor.subsample(inputs, actions, self.sub_sampling_factor)
+        fisher = self._actor.fisher(inputs, estimator=self.fisher_estimator, actions=actions, damping=self.cg_damping)
         return fisher, inputs
 
     def _compatible_fit(self, obs: Any, actions: torch.Tensor, advantages: torch.Tensor, fisher: Any, fisher_obs: Any) -> CGResult:
         """Natural actor-critic: regress Â on ψ = ∇log π(a|s) with ridge λ; the least-squares weights are (F + λI)⁻¹g."""
         linearization = getattr(fisher, "linearization", None) if fisher_obs is obs else None
         if linearization is None:
-            if self._recurrent:
-                linearization = SequenceLinearization(self._actor_fn, self._actor_params, obs)
-            else:
-                linearization = policy_linearization(self.policy, obs)
-        score = self._family.score_cotangent(linearization.outputs, actions)
+            linearization = self._actor.linearization(obs)
+        score = self._actor.family.score_cotangent(linearization.outputs, actions)
         result = fit_compatible_advantage(
             linearization, score, advantages, ridge=self.cg_damping, cg_max_iter=self.cg_max_steps, cg_tol=self.cg_tol
         )
@@ -262,8 +229,8 @@ class NPG(CheckpointMixin, PolicyGradientMixin, RecurrentOnPolicyMixin, OnPolicy
         if isinstance(fisher, KFACOperator):
             return fisher.solve
         # KFAC of the exact Fisher (expectation over actions in closed form) of the states F was taken on.
-        linearization = getattr(fisher, "linearization", None) or policy_linearization(self.policy, fisher_obs)
-        root = self._family.fisher_sqrt(linearization.outputs)
+        linearization = getattr(fisher, "linearization", None) or self._actor.linearization(fisher_obs)
+        root = self._actor.family.fisher_sqrt(linearization.outputs)
         return kfac_from_linearization(linearization, root, self._actor_params, self.cg_damping).solve
 
     def train(self) -> PolicyUpdate:
@@ -274,13 +241,13 @@ class NPG(CheckpointMixin, PolicyGradientMixin, RecurrentOnPolicyMixin, OnPolicy
         batch = self.policy_gradient_batch()
         actor_inputs, actions, advantages = batch.actor_inputs, batch.actions, batch.advantages
 
-        params = self._actor_params
-        outputs = self._actor(actor_inputs)
+        params, family = self._actor_params, self._actor.family
+        outputs = self._actor.outputs(actor_inputs)
         old_outputs = outputs.detach()  # π_old, kept as tensors: SB3's distribution object is reused
 
         def surrogate(outputs: torch.Tensor) -> torch.Tensor:
             # L(θ) = E[π_θ(a|s)/π_old(a|s) · Â]; its gradient at θ_old is the policy gradient.
-            return batch.surrogate(self._family, outputs)
+            return batch.surrogate(family, outputs)
 
         objective = surrogate(outputs)
         gradient = flat_grad(objective, params)
@@ -293,8 +260,8 @@ class NPG(CheckpointMixin, PolicyGradientMixin, RecurrentOnPolicyMixin, OnPolicy
         @torch.no_grad()
         def evaluate(step: torch.Tensor) -> tuple[float, float]:
             set_flat_params(params, theta_old + step)
-            outputs = self._actor(actor_inputs)
-            return float(surrogate(outputs)), float(self._family.kl(old_outputs, outputs).mean())
+            outputs = self._actor.outputs(actor_inputs)
+            return float(surrogate(outputs)), float(family.kl(old_outputs, outputs).mean())
 
         # w = (F + λI)⁻¹g, θ ← θ + αw with α = sqrt(2δ / wᵀ(F + λI)w) (see ngrl.natural_step)
         step = natural_step(

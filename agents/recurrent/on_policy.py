@@ -1,5 +1,9 @@
 """What an SB3 on-policy algorithm needs to train a recurrent policy: state-carrying rollouts, whole
-sequences for the actor, sequence windows for the critic. Mixed into NPG and VPG."""
+sequences for the actor, sequence windows for the critic. Mixed into NPG and VPG.
+
+Only the plumbing depends on the policy's kind here (which rollout buffer, the state carried through
+the environment steps, the critic's minibatches); the actor's mathematics goes through its view
+(:func:`ngrl.actor_view`), the same interface for both kinds."""
 
 from __future__ import annotations
 
@@ -9,7 +13,7 @@ from typing import Any
 import numpy as np
 import torch
 from gymnasium import spaces
-from torch import Tensor, nn
+from torch import Tensor
 from stable_baselines3.common.buffers import RolloutBuffer
 from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.policies import BasePolicy
@@ -19,10 +23,10 @@ from stable_baselines3.common.vec_env import VecEnv
 
 from agents.common import critic_parameters
 from agents.recurrent.buffers import RecurrentRolloutBuffer
-from agents.recurrent.policies import RecurrentActorCriticPolicy, SequenceActor
-from ngrl.fisher import ActorOutputs, actor_parameters
+from agents.recurrent.policies import RecurrentActorCriticPolicy
+from ngrl.sb3_adapter import actor_view
 
-__all__ = ["RecurrentOnPolicyMixin", "is_recurrent", "actor_module", "whole_rollout"]
+__all__ = ["RecurrentOnPolicyMixin", "is_recurrent", "whole_rollout"]
 
 
 def is_recurrent(policy: BasePolicy | type) -> bool:
@@ -31,22 +35,15 @@ def is_recurrent(policy: BasePolicy | type) -> bool:
     return issubclass(cls, RecurrentActorCriticPolicy)
 
 
-def actor_module(policy: BasePolicy) -> nn.Module:
-    """The actor as a module of the rollout's actor inputs: whole sequences (recurrent) or observations."""
-    return SequenceActor(policy) if is_recurrent(policy) else ActorOutputs(policy)
+def whole_rollout(buffer: RolloutBuffer) -> Any:
+    """The whole rollout in one batch, in environment order.
 
-
-def whole_rollout(buffer: RolloutBuffer) -> tuple[Any, Any]:
-    """(the whole rollout in one batch, what the actor module reads of it).
-
-    A recurrent buffer gives one sequence per environment with the state that entered its first step
-    (the actor reads the sequences); a plain one gives the flat transitions (the actor reads observations).
+    A recurrent buffer gives one sequence per environment with the state that entered its first step,
+    a plain one the flat transitions; what the actor reads of either is its view's ``inputs_from(rollout)``.
     """
     if isinstance(buffer, RecurrentRolloutBuffer):
-        rollout = next(buffer.get_sequences(batch_size=None))
-        return rollout, rollout
-    rollout = next(buffer.get(batch_size=None))
-    return rollout, rollout.observations
+        return next(buffer.get_sequences(batch_size=None))
+    return next(buffer.get(batch_size=None))
 
 
 class RecurrentOnPolicyMixin:
@@ -61,7 +58,7 @@ class RecurrentOnPolicyMixin:
     sequence_length: int | None = None
 
     def _setup_actor(self) -> None:
-        """SB3's setup, then ``_recurrent``, ``_actor`` (module of the actor inputs), ``_actor_params``, ``_critic_params``."""
+        """SB3's setup, then ``_recurrent`` (plumbing only), ``_actor`` (the actor view), ``_actor_params``, ``_critic_params``."""
         self._recurrent = is_recurrent(self.policy_class)
         if self._recurrent:
             if self.rollout_buffer_class is None:
@@ -69,8 +66,8 @@ class RecurrentOnPolicyMixin:
             elif not issubclass(self.rollout_buffer_class, RecurrentRolloutBuffer):
                 raise ValueError("a recurrent policy needs a RecurrentRolloutBuffer (leave rollout_buffer_class unset)")
         super()._setup_model()  # type: ignore[misc]
-        self._actor = actor_module(self.policy)
-        self._actor_params = actor_parameters(self.policy)
+        self._actor = actor_view(self.policy)
+        self._actor_params = self._actor.params
         self._critic_params = critic_parameters(self.policy)
         if self._recurrent:
             self._last_rnn_state = self.policy.initial_state(self.n_envs)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, ClassVar, NamedTuple
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -10,12 +10,11 @@ from gymnasium import spaces
 from torch import Tensor, nn
 from stable_baselines3.common.distributions import Distribution
 from stable_baselines3.common.policies import ActorCriticPolicy
-from stable_baselines3.common.preprocessing import preprocess_obs
 from stable_baselines3.common.torch_layers import BaseFeaturesExtractor, FlattenExtractor, MlpExtractor, NatureCNN
 from stable_baselines3.common.type_aliases import Schedule
 
 from agents.recurrent.cores import RecurrentCore, make_core
-from ngrl.fisher import policy_distribution
+from ngrl.sb3_adapter import SequenceActor, actor_features, distribution_outputs
 
 __all__ = [
     "RecurrentState",
@@ -53,8 +52,6 @@ class RecurrentActorCriticPolicy(ActorCriticPolicy):
         ``activation``, ``learn_eta``, ``max_recurrent_norm``, ``readout``; LSTM/GRU: ``bias``)
     The other parameters are :class:`~stable_baselines3.common.policies.ActorCriticPolicy`'s.
     """
-
-    recurrent: ClassVar[bool] = True  # outputs depend on the carried state (the backend's per-observation views refuse it)
 
     def __init__(
         self,
@@ -131,7 +128,11 @@ class RecurrentActorCriticPolicy(ActorCriticPolicy):
             self.rnn_actor.initial_state(n_envs, self.device, dtype), self.rnn_critic.initial_state(n_envs, self.device, dtype)
         )
 
-    # --- parameters (by module, never by name) -------------------------------------------------
+    # --- the actor view and the parameters (by module, never by name) ---------------------------
+
+    def actor_view(self) -> SequenceActor:
+        """The actor as a function of whole sequences (its outputs depend on the state carried along them)."""
+        return SequenceActor(self)
 
     def actor_parameters(self) -> list[nn.Parameter]:
         """What shapes π: actor features extractor, actor core, actor MLP, action head, log σ."""
@@ -151,9 +152,7 @@ class RecurrentActorCriticPolicy(ActorCriticPolicy):
     # --- sequences -----------------------------------------------------------------------------
 
     def _features(self, obs: Tensor, extractor: BaseFeaturesExtractor) -> Tensor:
-        # SB3's extract_features, but observations are cast to the network's dtype (float64 checks work)
-        dtype = self.action_net.weight.dtype
-        return extractor(preprocess_obs(obs, self.observation_space, normalize_images=self.normalize_images).to(dtype))
+        return actor_features(self, obs, extractor)  # observations cast to the network's dtype (float64 checks work)
 
     @staticmethod
     def _run(
@@ -181,11 +180,7 @@ class RecurrentActorCriticPolicy(ActorCriticPolicy):
     def actor_outputs(self, obs: Tensor, state: tuple[Tensor, ...], episode_starts: Tensor) -> Tensor:
         """Raw outputs of the action distribution per step, (n_seq · T, k): logits, or [μ, log σ]."""
         latent, _ = self.actor_latent(obs, state, episode_starts)
-        outputs = self.action_net(latent)
-        log_std = getattr(self, "log_std", None)
-        if log_std is not None and policy_distribution(self).num_outputs == 2 * outputs.shape[-1]:
-            outputs = torch.cat([outputs, log_std.expand_as(outputs)], dim=-1)
-        return outputs
+        return distribution_outputs(self, latent)
 
     def forward(  # type: ignore[override]
         self, obs: Tensor, state: RecurrentState, episode_starts: Tensor, deterministic: bool = False
@@ -266,22 +261,6 @@ class RecurrentActorCriticCnnPolicy(RecurrentActorCriticPolicy):
     ) -> None:
         kwargs.setdefault("features_extractor_class", NatureCNN)
         super().__init__(observation_space, action_space, lr_schedule, **kwargs)
-
-
-class SequenceActor(nn.Module):
-    """Module view of a recurrent policy's actor: sequences ↦ raw distribution outputs (n_seq · T, k).
-
-    ``forward(sequences)`` reads ``observations``, ``episode_starts`` and ``states.pi`` (the state
-    entering each sequence) of a sequence batch; substituting the actor's parameters with
-    ``torch.func.functional_call`` gives the function whose Fisher :func:`ngrl.recurrent.sequence_fisher` takes.
-    """
-
-    def __init__(self, policy: RecurrentActorCriticPolicy) -> None:
-        super().__init__()
-        self.policy = policy
-
-    def forward(self, sequences: Any) -> Tensor:
-        return self.policy.actor_outputs(sequences.observations, sequences.states.pi, sequences.episode_starts)
 
 
 MlpErnnPolicy = RecurrentActorCriticPolicy

@@ -1,4 +1,11 @@
-"""Fisher-matrix estimators as curvature operators (products, dense and diagonal views)."""
+"""Fisher-matrix estimators as curvature operators (products, dense and diagonal views).
+
+SB3-free: the Fisher of an SB3 policy is taken through its actor view (:mod:`ngrl.sb3_adapter`).
+``ActorOutputs``, ``actor_parameters``, ``policy_distribution``, ``policy_fisher`` and
+``policy_linearization`` are still importable from here (loaded from the adapter on first use).
+"""
+
+from typing import Any
 
 from ngrl.fisher.distributions import OutputDistribution, from_sb3
 from ngrl.fisher.gauss_newton import gauss_newton
@@ -11,7 +18,7 @@ from ngrl.fisher.operator import (
     MeanOperator,
     ScaledOperator,
 )
-from ngrl.fisher.policy import ESTIMATORS, ActorOutputs, actor_parameters, policy_distribution, policy_fisher, policy_linearization
+from ngrl.fisher.estimators import ESTIMATORS, fisher_from_linearization
 
 __all__ = [
     "ESTIMATORS",
@@ -24,6 +31,7 @@ __all__ = [
     "MeanOperator",
     "OutputDistribution",
     "ScaledOperator",
+    "fisher_from_linearization",
     "actor_parameters",
     "from_sb3",
     "gauss_newton",
@@ -32,3 +40,14 @@ __all__ = [
     "policy_fisher",
     "policy_linearization",
 ]
+
+_FROM_ADAPTER = ("ActorOutputs", "actor_parameters", "policy_distribution", "policy_fisher", "policy_linearization")
+
+
+def __getattr__(name: str) -> Any:
+    # lazily, so that this package does not depend on the SB3 adapter (which depends on it)
+    if name in _FROM_ADAPTER:
+        from ngrl import sb3_adapter
+
+        return getattr(sb3_adapter, name)
+    raise AttributeError(f"module 'ngrl.fisher' has no attribute {name!r}")

@@ -1,0 +1,106 @@
+"""`train.py benchmark`: a grid of runs on a local Ray instance (and on a two-process Ray cluster)."""
+
+import csv
+import json
+import os
+import pathlib
+import shutil
+import socket
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import train
+from agents import NPG
+
+pytest.importorskip("ray")
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+GRID = ["--n-timesteps", "1024", "--eval-freq", "512", "--n-eval-episodes", "2", "--workers", "2"]
+
+
+def read_csv(path):
+    with open(path) as f:
+        return list(csv.DictReader(f))
+
+
+def test_grid_runs_resumes_and_matches_train(tmp_path, capsys):
+    out = tmp_path / "bench"
+    assert train.main(["benchmark", "--algos", "npg", "ppo", "--envs", "CartPole-v1", "--seeds", "0", "1", "--out", str(out), *GRID]) == 0
+    runs = read_csv(out / "runs.csv")
+    assert [(r["algo"], r["seed"], r["status"]) for r in runs] == [("npg", "0", "ok"), ("npg", "1", "ok"), ("ppo", "0", "ok"), ("ppo", "1", "ok")]
+    assert list(runs[0]) == train.RUN_FIELDS and all(int(r["timesteps"]) >= 1024 and int(r["n_evals"]) >= 2 for r in runs)
+    evaluations = read_csv(out / "evaluations.csv")
+    assert {(e["algo"], e["seed"]) for e in evaluations} == {("npg", "0"), ("npg", "1"), ("ppo", "0"), ("ppo", "1")}
+    assert [int(e["timesteps"]) for e in evaluations if e["algo"] == "npg" and e["seed"] == "0"] == [512, 1024]
+    summary = (out / "summary.md").read_text()
+    assert "| CartPole-v1 (475) | npg |" in summary and "| CartPole-v1 (475) | ppo |" in summary
+
+    # the same training path as `train.py train`: identical parameters for the same seed
+    assert train.main(["train", "--algo", "npg", "--env", "CartPole-v1", "--seed", "1", "--n-timesteps", "1024", "--quiet",
+                       "--n-eval-episodes", "0", "--log-folder", str(tmp_path / "logs")]) == 0
+    alone = NPG.load(tmp_path / "logs" / "npg" / "CartPole-v1_1_1" / "CartPole-v1.zip")
+    in_grid = NPG.load(out / "npg" / "CartPole-v1_1" / "model.zip")
+    assert all(torch.equal(p, q) for p, q in zip(alone.policy.parameters(), in_grid.policy.parameters()))
+
+    # rerunning retrains nothing
+    stamps = {p: p.stat().st_mtime_ns for p in out.glob("*/*/result.json")}
+    capsys.readouterr()
+    assert train.main(["benchmark", "--algos", "npg", "ppo", "--envs", "CartPole-v1", "--seeds", "0", "1", "--out", str(out), *GRID]) == 0
+    assert "4 of 4 runs already finished" in capsys.readouterr().out
+    assert stamps == {p: p.stat().st_mtime_ns for p in out.glob("*/*/result.json")}
+
+
+def test_a_failing_run_is_recorded_and_the_others_finish(tmp_path):
+    out = tmp_path / "bench"
+    code = train.main(["benchmark", "--algos", "npg", "--envs", "CartPole-v1", "tests.fixtures.custom_envs:ResetRaises",
+                       "--seeds", "0", "--out", str(out), "--max-retries", "0", *GRID])
+    assert code == 1
+    runs = {r["env"]: r for r in read_csv(out / "runs.csv")}
+    assert runs["CartPole-v1"]["status"] == "ok"
+    assert runs["tests.fixtures.custom_envs:ResetRaises"]["status"] == "failed"
+    assert "reset" in runs["tests.fixtures.custom_envs:ResetRaises"]["error"]
+    assert "(1 failed)" in (out / "summary.md").read_text()
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--algos", "npgg", "--envs", "CartPole-v1"], "Did you mean npg"),
+    (["--algos", "npg", "--envs", "CartPol-v1"], "Did you mean CartPole-v1"),
+    (["--algos", "npg", "--envs", "CartPole-v1", "--hyperparams", "target_kl=-1"], "target_kl"),
+    (["--algos", "npg", "--envs", "CartPole-v1", "--eval-freq", "0"], "--eval-freq"),
+])
+def test_bad_grids_are_refused_before_ray_starts(tmp_path, capsys, args, message):
+    assert train.main(["benchmark", *args, "--out", str(tmp_path / "b")]) == 2
+    assert message in capsys.readouterr().err
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_a_two_process_ray_cluster(tmp_path):
+    """`ray start --head` in one process, the benchmark joining it with --ray-address from another; torn down after."""
+    ray_cli = shutil.which("ray") or str(pathlib.Path(sys.executable).with_name("ray"))
+    port = _free_port()
+    environment = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    started = subprocess.run([ray_cli, "start", "--head", f"--port={port}", "--num-cpus=2", "--include-dashboard=false",
+                              "--disable-usage-stats"], capture_output=True, text=True, timeout=120, env=environment)
+    assert started.returncode == 0, started.stderr
+    try:
+        out = tmp_path / "bench"
+        result = subprocess.run([sys.executable, str(ROOT / "train.py"), "benchmark", "--algos", "npg", "--envs", "CartPole-v1",
+                                 "--seeds", "0", "1", "--out", str(out), "--ray-address", f"127.0.0.1:{port}", *GRID[:6]],
+                                capture_output=True, text=True, timeout=300, cwd=tmp_path, env=environment)
+        assert result.returncode == 0, result.stderr[-2000:]
+        assert [r["status"] for r in read_csv(out / "runs.csv")] == ["ok", "ok"]
+        assert json.loads((out / "npg" / "CartPole-v1_0" / "result.json").read_text())["timesteps"] >= 1024
+    finally:
+        subprocess.run([ray_cli, "stop", "--force"], capture_output=True, timeout=120)
+
+
+def test_importing_the_library_does_not_import_ray():
+    code = "import sys, agents, ngrl, envs; assert 'ray' not in sys.modules and 'optuna' not in sys.modules"
+    assert subprocess.run([sys.executable, "-c", code], cwd=ROOT, timeout=120).returncode == 0
