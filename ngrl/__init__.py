@@ -15,7 +15,7 @@ from ngrl.sb3_adapter import ActorView, actor_view
 from ngrl.params import flat_grad, flatten, get_flat_params, num_params, set_flat_params, unflatten
 from ngrl.trust_region import LineSearchResult, backtracking_line_search, kl_step_size
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 __all__ = [
     "ActorView",
