@@ -1000,6 +1000,10 @@ def cmd_benchmark(args: argparse.Namespace) -> int:
     thresholds = {**THRESHOLDS, **{k: float(v) for k, v in parse_key_values(args.thresholds, "--thresholds").items()}}
     overrides = parse_key_values(args.hyperparams, "--hyperparams")
     out = pathlib.Path(args.out)
+    accepted_by_any = set(RUN_KEYS).union(*(accepted_arguments(algorithm(a, peers=True)) for a in args.algos))
+    unknown = sorted(set(overrides) - accepted_by_any)
+    if unknown:
+        raise UsageError(f"--hyperparams {', '.join(unknown)}: no algorithm of the grid ({', '.join(args.algos)}) takes them")
     tasks = []
     for algo in args.algos:
         for env in args.envs:

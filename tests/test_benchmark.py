@@ -69,6 +69,7 @@ def test_a_failing_run_is_recorded_and_the_others_finish(tmp_path):
     (["--algos", "npg", "--envs", "CartPol-v1"], "Did you mean CartPole-v1"),
     (["--algos", "npg", "--envs", "CartPole-v1", "--hyperparams", "target_kl=-1"], "target_kl"),
     (["--algos", "npg", "--envs", "CartPole-v1", "--eval-freq", "0"], "--eval-freq"),
+    (["--algos", "npg", "ppo", "--envs", "CartPole-v1", "--hyperparams", "target_kll=0.1"], "no algorithm of the grid"),
 ])
 def test_bad_grids_are_refused_before_ray_starts(tmp_path, capsys, args, message):
     assert train.main(["benchmark", *args, "--out", str(tmp_path / "b")]) == 2
