@@ -921,10 +921,29 @@ def benchmark_run(task: dict[str, Any]) -> dict[str, Any]:
     model.save(run_dir / "model.zip")
     evaluation.write_csv(run_dir / "evaluations.csv")
     result = {"algo": spec.algo, "env": spec.env, "seed": spec.seed, "status": "ok", "error": "",
+              "random_score": random_policy_score(spec, task["n_eval_episodes"]),
               "timesteps": int(model.num_timesteps), "evaluations": evaluation.rows,
               "train_seconds": evaluation.rows[-1]["train_seconds"], "wall_seconds": round(wall, 3)}
     _write_json(run_dir / "result.json", result)
     return result
+
+
+def random_policy_score(spec: RunSpec, n_episodes: int) -> float:
+    """Mean return of uniformly random actions on the evaluation env (seeded): the 0 of normalised scores."""
+    import numpy as np
+
+    venv = make_env(spec.env, 1, spec.seed + 20_000, spec.env_kwargs)
+    venv.action_space.seed(spec.seed)
+    returns, total = [], 0.0
+    venv.reset()
+    while len(returns) < n_episodes:
+        _, rewards, dones, _ = venv.step(np.array([venv.action_space.sample()]))
+        total += float(rewards[0])
+        if dones[0]:
+            returns.append(total)
+            total = 0.0
+    venv.close()
+    return float(np.mean(returns))
 
 
 def _write_json(path: pathlib.Path, data: Any) -> None:
@@ -1086,6 +1105,113 @@ def _run_on_ray(tasks: list[dict[str, Any]], args: argparse.Namespace) -> int:
     return 0
 
 
+# --- plot: learning curves and aggregate scores of benchmark folders ----------------------------------
+
+
+def _bootstrap_interval(samples: Sequence[Sequence[float]], statistic: Callable[[Any], float], rng: Any,
+                        n_resamples: int = 2000) -> tuple[float, float]:
+    """95% percentile interval of ``statistic`` over stratified bootstrap resamples: each stratum (an env's runs,
+    or one curve point's seeds) resampled with replacement within itself, as rliable does."""
+    import numpy as np
+
+    values = []
+    for _ in range(n_resamples):
+        resampled = [np.asarray(group)[rng.integers(0, len(group), len(group))] for group in samples]
+        values.append(statistic(np.concatenate(resampled)))
+    low, high = np.percentile(values, [2.5, 97.5])
+    return float(low), float(high)
+
+
+def interquartile_mean(values: Any) -> float:
+    """Mean of the middle 50% of the values (the 25% trimmed mean of Agarwal et al. 2021)."""
+    import numpy as np
+
+    ordered = np.sort(np.asarray(values, dtype=float))
+    cut = int(np.floor(0.25 * len(ordered)))
+    return float(ordered[cut:len(ordered) - cut].mean())
+
+
+def optimality_gap(values: Any) -> float:
+    """Mean shortfall of the normalised scores below 1 (the threshold): 0 when every run reached it."""
+    import numpy as np
+
+    return float(np.mean(np.maximum(0.0, 1.0 - np.asarray(values, dtype=float))))
+
+
+def cmd_plot(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError as error:
+        raise UsageError('plot needs matplotlib: python -m pip install -e ".[experiments]"') from error
+    thresholds = {**THRESHOLDS, **{k: float(v) for k, v in parse_key_values(args.thresholds, "--thresholds").items()}}
+    results = []
+    for folder in args.folders:
+        found = sorted(pathlib.Path(folder).glob("*/*/result.json"))
+        if not found:
+            raise UsageError(f"{folder} holds no benchmark runs (*/*/result.json): point to a `train.py benchmark --out` folder")
+        results += [r for r in (json.loads(p.read_text()) for p in found) if r.get("status") == "ok"]
+    if not results:
+        raise UsageError("no finished runs to plot")
+    envs = list(dict.fromkeys(r["env"] for r in results))
+    algos = list(dict.fromkeys(r["algo"] for r in results))
+    rng = np.random.default_rng(args.seed)
+
+    figure, axes = plt.subplots(1, len(envs), figsize=(5 * len(envs), 3.6), squeeze=False)
+    for ax, env in zip(axes[0], envs):
+        for algo in algos:
+            runs = [r for r in results if r["env"] == env and r["algo"] == algo]
+            if not runs:
+                continue
+            steps = sorted({row["timesteps"] for r in runs for row in r["evaluations"]})
+            per_step = [[row["mean"] for r in runs for row in r["evaluations"] if row["timesteps"] == t] for t in steps]
+            means = [float(np.mean(v)) for v in per_step]
+            bands = [_bootstrap_interval([v], np.mean, rng, 500) if len(v) > 1 else (v[0], v[0]) for v in per_step]
+            line = ax.plot(steps, means, label=f"{algo} ({len(runs)} seeds)")[0]
+            ax.fill_between(steps, [b[0] for b in bands], [b[1] for b in bands], color=line.get_color(), alpha=0.2)
+        if env in thresholds:
+            ax.axhline(thresholds[env], color="grey", linestyle="--", linewidth=0.8)
+        ax.set_title(env)
+        ax.set_xlabel("environment steps")
+        ax.set_ylabel("evaluation return")
+        ax.legend(fontsize=8)
+    figure.tight_layout()
+    out = pathlib.Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(out, dpi=args.dpi)
+    plt.close(figure)
+
+    scored = [e for e in envs if e in thresholds]
+    lines = [f"Final evaluation, normalised per env as (score − random) / (threshold − random), over {', '.join(scored) or 'no env'}; "
+             "95% stratified-bootstrap intervals (2000 resamples).", "",
+             "| algo | runs | IQM | optimality gap |", "|---|---|---|---|"]
+    for algo in algos:
+        strata = []
+        for env in scored:
+            runs = [r for r in results if r["env"] == env and r["algo"] == algo and r["evaluations"]]
+            randoms = [r["random_score"] for r in results if r["env"] == env and "random_score" in r]
+            if not runs or not randoms:
+                continue
+            low = float(np.mean(randoms))
+            strata.append([(r["evaluations"][-1]["mean"] - low) / (thresholds[env] - low) for r in runs])
+        if not strata:
+            continue
+        pooled = np.concatenate([np.asarray(s) for s in strata])
+        iqm_low, iqm_high = _bootstrap_interval(strata, interquartile_mean, rng)
+        gap_low, gap_high = _bootstrap_interval(strata, optimality_gap, rng)
+        lines.append(f"| {algo} | {len(pooled)} | {interquartile_mean(pooled):.3f} [{iqm_low:.3f}, {iqm_high:.3f}] | "
+                     f"{optimality_gap(pooled):.3f} [{gap_low:.3f}, {gap_high:.3f}] |")
+    table = "\n".join(lines) + "\n"
+    out.with_suffix(".md").write_text(table)
+    print(table)
+    print(f"Wrote {out} and {out.with_suffix('.md')}")
+    return 0
+
+
 # --- the parser -------------------------------------------------------------------------------
 
 
@@ -1184,6 +1310,14 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--max-retries", type=int, default=1, help="retries of a run that raises or whose worker dies (default 1)")
     bench.add_argument("--gym-packages", nargs="*", metavar="PACKAGE", help="packages to import first (they register env ids)")
     bench.set_defaults(handler=cmd_benchmark, num_threads=1, allow_unsafe_pickle=False, device="cpu")
+
+    plot = commands.add_parser("plot", help="learning curves (PNG) and aggregate scores of benchmark folders")
+    plot.add_argument("folders", nargs="+", help="folders written by `train.py benchmark --out`")
+    plot.add_argument("--out", default="curves.png", help="the PNG to write (the aggregate table goes beside it as .md)")
+    plot.add_argument("--thresholds", nargs="*", metavar="ENV=VALUE", help="reward thresholds (the 1 of normalised scores)")
+    plot.add_argument("--seed", type=int, default=0, help="seed of the bootstrap resampling (default 0)")
+    plot.add_argument("--dpi", type=int, default=120)
+    plot.set_defaults(handler=cmd_plot, num_threads=1, allow_unsafe_pickle=False, device="cpu")
     return parser
 
 

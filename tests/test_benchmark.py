@@ -44,6 +44,13 @@ def test_grid_runs_resumes_and_matches_train(tmp_path, capsys):
     in_grid = NPG.load(out / "npg" / "CartPole-v1_1" / "model.zip")
     assert all(torch.equal(p, q) for p, q in zip(alone.policy.parameters(), in_grid.policy.parameters()))
 
+    # learning curves and the aggregate table
+    assert train.main(["plot", str(out), "--out", str(tmp_path / "curves.png")]) == 0
+    assert (tmp_path / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    table = (tmp_path / "curves.md").read_text()
+    assert "| npg | 2 |" in table and "| ppo | 2 |" in table
+    assert all("random_score" in json.loads(p.read_text()) for p in out.glob("*/*/result.json"))
+
     # rerunning retrains nothing
     stamps = {p: p.stat().st_mtime_ns for p in out.glob("*/*/result.json")}
     capsys.readouterr()
@@ -105,3 +112,15 @@ def test_a_two_process_ray_cluster(tmp_path):
 def test_importing_the_library_does_not_import_ray():
     code = "import sys, agents, ngrl, envs; assert 'ray' not in sys.modules and 'optuna' not in sys.modules"
     assert subprocess.run([sys.executable, "-c", code], cwd=ROOT, timeout=120).returncode == 0
+
+
+def test_aggregate_statistics_by_hand():
+    import numpy as np
+
+    values = [0.0, 0.2, 0.4, 0.6, 0.8, 10.0, -5.0, 1.0]  # sorted: -5, 0, .2, .4, .6, .8, 1, 10 -> middle four
+    assert train.interquartile_mean(values) == pytest.approx((0.2 + 0.4 + 0.6 + 0.8) / 4)
+    assert train.optimality_gap([1.2, 1.0, 0.5, -0.5]) == pytest.approx((0 + 0 + 0.5 + 1.5) / 4)
+    rng = np.random.default_rng(0)
+    low, high = train._bootstrap_interval([[0.1, 0.2, 0.3], [0.8, 0.9, 1.0]], np.mean, rng, 500)
+    assert low < 0.55 < high and 0.1 <= low and high <= 1.0
+    assert train._bootstrap_interval([[0.5, 0.5]], np.mean, rng, 50) == (0.5, 0.5)
