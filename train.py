@@ -1105,6 +1105,136 @@ def _run_on_ray(tasks: list[dict[str, Any]], args: argparse.Namespace) -> int:
     return 0
 
 
+# --- tune: hyper-parameter search on Ray Tune, Optuna's TPE, each trial scored on several seeds ------------
+
+
+def search_space(algo: str, path: str | None, fixed: dict[str, Any]) -> dict[str, Any]:
+    """The algorithm's block of configs/search_spaces.yml (or ``path``) as Ray Tune domains, less the ``fixed`` keys."""
+    from ray import tune
+
+    file = pathlib.Path(path) if path else CONFIG_DIR / "search_spaces.yml"
+    table = read_config(file) if file.is_file() else {}
+    if algo not in table:
+        raise UsageError(f"{file} has no search space for {algo}: add a block '{algo}:' (see configs/search_spaces.yml)")
+    kinds = {"loguniform": tune.loguniform, "uniform": tune.uniform, "randint": tune.randint, "choice": tune.choice}
+    space = {}
+    for key, spec in (table[algo] or {}).items():
+        if key in fixed or key.split(".")[0] in fixed:
+            continue
+        if not (isinstance(spec, dict) and len(spec) == 1 and next(iter(spec)) in kinds):
+            raise UsageError(f"{file}: {algo}.{key} must be one of {', '.join('{' + k + ': ...}' for k in kinds)}, got {spec!r}")
+        ((kind, arguments),) = spec.items()
+        space[key] = kinds[kind](arguments) if kind == "choice" else kinds[kind](*arguments)
+    return space
+
+
+def nested(flat: dict[str, Any]) -> dict[str, Any]:
+    """{'policy_kwargs.net_arch': [64]} -> {'policy_kwargs': {'net_arch': [64]}}."""
+    out: dict[str, Any] = {}
+    for key, value in flat.items():
+        *parents, last = key.split(".")
+        node = out
+        for parent in parents:
+            node = node.setdefault(parent, {})
+        node[last] = value
+    return out
+
+
+def tune_trial(config: dict[str, Any], task: dict[str, Any]) -> None:
+    """One trial: the sampled hyper-parameters trained on every seed in turn, by the path of ``train``; after each
+    seed it reports the mean (and the worst) final evaluation so far, which the median rule prunes on."""
+    import numpy as np
+    import torch
+    from ray import tune
+
+    torch.set_num_threads(1)
+    overrides = {**task["fixed"], **nested(config)}
+    finals: list[float] = []
+    for done, seed in enumerate(task["seeds"], start=1):
+        spec = resolve_run(task["algo"], task["env"], seed=seed, overrides=overrides, n_timesteps=task["n_timesteps"])
+        model = build_model(spec, device="cpu")
+        model.learn(spec.n_timesteps)
+        evaluation = PeriodicEvaluation(spec, 0, task["n_eval_episodes"], quiet=True)
+        evaluation.evaluate_now(model)
+        finals.append(evaluation.rows[-1]["mean"])
+        tune.report({"score": float(np.mean(finals)), "worst": float(np.min(finals)), "seeds_done": done})
+
+
+def cmd_tune(args: argparse.Namespace) -> int:
+    try:
+        import optuna
+        import ray
+        from ray import tune
+        from ray.tune.schedulers import MedianStoppingRule
+        from ray.tune.search.optuna import OptunaSearch
+    except ImportError as error:
+        raise UsageError('tune needs Ray Tune and Optuna: python -m pip install -e ".[experiments]"') from error
+    import csv
+
+    import train as run_layer  # the workers import the module, not __main__
+
+    if args.n_trials < 1 or args.n_timesteps < 1 or args.n_eval_episodes < 1 or not args.seeds:
+        raise UsageError("--n-trials, --n-timesteps and --n-eval-episodes must be positive, and --seeds non-empty")
+    import_gym_packages(args.gym_packages)
+    resolve_env(args.env)
+    fixed = parse_key_values(args.hyperparams, "--hyperparams")
+    resolve_run(args.algo, args.env, seed=args.seeds[0], overrides=fixed, n_timesteps=args.n_timesteps)  # bad input: now
+    space = search_space(args.algo, args.search_space, fixed)
+    out = pathlib.Path(args.out).resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    storage = optuna.storages.RDBStorage(args.storage) if args.storage else None
+    searcher = OptunaSearch(metric="score", mode="max", sampler=optuna.samplers.TPESampler(seed=args.sampler_seed),
+                            study_name=f"{args.algo}-{env_name(args.env)}", storage=storage)
+    task = {"algo": args.algo, "env": args.env, "seeds": args.seeds, "n_timesteps": args.n_timesteps,
+            "n_eval_episodes": args.n_eval_episodes, "fixed": fixed}
+    if not ray.is_initialized():
+        if args.ray_address:
+            ray.init(address=args.ray_address, log_to_driver=False)
+        else:
+            ray.init(num_cpus=args.workers or os.cpu_count(), include_dashboard=False, log_to_driver=False,
+                     runtime_env={"env_vars": {"OMP_NUM_THREADS": "1", "PYTHONPATH": str(pathlib.Path(__file__).resolve().parent)}})
+    try:
+        tuner = tune.Tuner(
+            tune.with_resources(tune.with_parameters(run_layer.tune_trial, task=task), {"cpu": 1}),
+            param_space=space,
+            tune_config=tune.TuneConfig(
+                search_alg=searcher, num_samples=args.n_trials, max_concurrent_trials=args.workers or os.cpu_count(),
+                scheduler=MedianStoppingRule(time_attr="seeds_done", metric="score", mode="max", grace_period=1,
+                                             min_samples_required=3),
+            ),
+            run_config=tune.RunConfig(storage_path=str(out), name="ray_tune", verbose=0),
+        )
+        grid = tuner.fit()
+    finally:
+        ray.shutdown()
+    rows = []
+    for result in grid:
+        metrics = result.metrics or {}
+        rows.append({**{f"param:{k}": v for k, v in (result.config or {}).items()}, "score": metrics.get("score"),
+                     "worst": metrics.get("worst"), "seeds_done": metrics.get("seeds_done", 0),
+                     "status": "error" if result.error else ("pruned" if metrics.get("seeds_done", 0) < len(args.seeds) else "complete"),
+                     "error": str(result.error).strip().splitlines()[-1][:300] if result.error else ""})
+    fields = sorted({k for row in rows for k in row if k.startswith("param:")}) + ["score", "worst", "seeds_done", "status", "error"]
+    with open(out / "trials.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=fields)
+        writer.writeheader()
+        writer.writerows(rows)
+    complete = [r for r in rows if r["status"] == "complete"]
+    if not complete:
+        print(f"No trial completed all {len(args.seeds)} seeds; see {out / 'trials.csv'}", file=sys.stderr)
+        return 1
+    best = max(complete, key=lambda r: (r["score"], r["worst"]))  # ties broken by the worst seed
+    params = {**fixed, **nested({k.removeprefix("param:"): v for k, v in best.items() if k.startswith("param:")})}
+    block = config_block(params, n_timesteps=args.n_timesteps)
+    header = (f"# train.py tune: best of {len(complete)} complete trials ({len(rows)} in all) for {args.algo} on {args.env}, "
+              f"mean final evaluation {best['score']:.2f} over seeds {args.seeds} (worst {best['worst']:.2f}). "
+              f"Paste the block into configs/{args.algo}.yml.\n")
+    (out / "best.yml").write_text(header + yaml.safe_dump({args.env: block}, sort_keys=False))
+    print((out / "best.yml").read_text())
+    print(f"Wrote {out / 'best.yml'} and {out / 'trials.csv'}")
+    return 0
+
+
 # --- plot: learning curves and aggregate scores of benchmark folders ----------------------------------
 
 
@@ -1310,6 +1440,23 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--max-retries", type=int, default=1, help="retries of a run that raises or whose worker dies (default 1)")
     bench.add_argument("--gym-packages", nargs="*", metavar="PACKAGE", help="packages to import first (they register env ids)")
     bench.set_defaults(handler=cmd_benchmark, num_threads=1, allow_unsafe_pickle=False, device="cpu")
+
+    tune_cmd = commands.add_parser("tune", help="hyper-parameter search (Optuna TPE on Ray Tune), each trial scored on several seeds")
+    tune_cmd.add_argument("--algo", required=True, help=f"algorithm: one of {', '.join(ALGO_NAMES)}")
+    tune_cmd.add_argument("--env", required=True, help="gymnasium id or module:EnvClass")
+    tune_cmd.add_argument("--n-trials", type=int, default=50, help="trials (default 50)")
+    tune_cmd.add_argument("--n-timesteps", type=int, default=50_000, help="environment steps per seed of a trial (default 50000)")
+    tune_cmd.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="seeds each trial is scored on (default 0 1 2)")
+    tune_cmd.add_argument("--n-eval-episodes", type=int, default=10, help="episodes of each final evaluation (default 10)")
+    tune_cmd.add_argument("--hyperparams", nargs="*", metavar="KEY=VALUE", help="fixed values (not searched)")
+    tune_cmd.add_argument("--search-space", help="YAML file of search spaces (default configs/search_spaces.yml)")
+    tune_cmd.add_argument("--out", required=True, help="output folder: best.yml, trials.csv and Ray Tune's records")
+    tune_cmd.add_argument("--storage", help="an Optuna storage URL (e.g. sqlite:///study.db): the study resumes from it")
+    tune_cmd.add_argument("--sampler-seed", type=int, default=0, help="seed of the TPE sampler (default 0)")
+    tune_cmd.add_argument("--workers", type=int, help="concurrent trials / CPUs of the local Ray instance (default: all cores)")
+    tune_cmd.add_argument("--ray-address", help="join a running Ray cluster instead of starting one")
+    tune_cmd.add_argument("--gym-packages", nargs="*", metavar="PACKAGE", help="packages to import first (they register env ids)")
+    tune_cmd.set_defaults(handler=cmd_tune, num_threads=1, allow_unsafe_pickle=False, device="cpu")
 
     plot = commands.add_parser("plot", help="learning curves (PNG) and aggregate scores of benchmark folders")
     plot.add_argument("folders", nargs="+", help="folders written by `train.py benchmark --out`")

@@ -75,8 +75,8 @@ def conjugate_gradient(
     along directions of vanishing curvature and ‖x‖ explodes while the recursive residual looks small.
     Two checks catch it: a direction whose Rayleigh quotient pᵀAp/pᵀp falls below 10·ε (machine
     epsilon of b's dtype) times the first one stops the solve before it is used, and a "converged"
-    solve is confirmed on the true residual ‖b − Ax‖ (one more product). Either failure reports
-    ``status="singular"``.
+    solve is confirmed on the true residual ‖b − Ax‖ (one more product), which must be below
+    max(10·tol, √ε) relative to ‖b‖. Either failure reports ``status="singular"``.
 
     :param matvec: v ↦ A v for a symmetric A (a function or an operator's ``mv``), on b's device and dtype
     :param b: right-hand side, a flat vector
@@ -114,6 +114,9 @@ def conjugate_gradient(
         return CGResult(x, 0, residual, True, "converged", "x0 already solves the system")
 
     singular_below = 10.0 * torch.finfo(b.dtype).eps
+    # the true residual of a solvable system can stall at rounding level (√ε: 3e-4 in float32, 1.5e-8 in float64)
+    # while the recursive one keeps falling; only a true residual above that means the system has no solution
+    rounding_floor = torch.finfo(b.dtype).eps ** 0.5
     first_quotient = None
     for iteration in range(1, max_iter + 1):
         ap = apply(p)
@@ -137,7 +140,7 @@ def conjugate_gradient(
         residual = float(torch.linalg.vector_norm(r)) / b_norm
         if residual <= tol:
             true_residual = float(torch.linalg.vector_norm(b - apply(x))) / b_norm
-            if not true_residual <= max(10.0 * tol, singular_below):
+            if not true_residual <= max(10.0 * tol, rounding_floor):
                 message = (f"the recursive residual reached {residual:.3g} but the true one is {true_residual:.3g} with "
                            f"‖x‖ = {float(torch.linalg.vector_norm(x)):.3g}: " + _singular_message(iteration, None))
                 return CGResult(x, iteration, true_residual, False, "singular", message)

@@ -124,3 +124,16 @@ def test_aggregate_statistics_by_hand():
     low, high = train._bootstrap_interval([[0.1, 0.2, 0.3], [0.8, 0.9, 1.0]], np.mean, rng, 500)
     assert low < 0.55 < high and 0.1 <= low and high <= 1.0
     assert train._bootstrap_interval([[0.5, 0.5]], np.mean, rng, 50) == (0.5, 0.5)
+
+
+def test_tune_scores_each_trial_on_several_seeds_and_writes_a_config_block(tmp_path):
+    out = tmp_path / "tune"
+    assert train.main(["tune", "--algo", "npg", "--env", "CartPole-v1", "--n-trials", "3", "--seeds", "0", "1",
+                       "--n-timesteps", "512", "--n-eval-episodes", "2", "--out", str(out), "--workers", "2",
+                       "--hyperparams", "n_steps=256", "batch_size=64"]) == 0
+    trials = read_csv(out / "trials.csv")
+    assert len(trials) == 3 and {t["status"] for t in trials} <= {"complete", "pruned"}
+    assert all(t["seeds_done"] == "2" for t in trials if t["status"] == "complete")
+    assert all("param:n_steps" not in t for t in trials)  # fixed values are not searched
+    spec = train.resolve_run("npg", "CartPole-v1", seed=None, overrides={}, config=str(out / "best.yml"))
+    assert spec.params["n_steps"] == 256 and "target_kl" in spec.params and spec.n_timesteps == 512

@@ -142,3 +142,17 @@ def test_a_singular_system_without_a_solution_is_reported(dtype):
     assert inside.status == "converged"
     damped = conjugate_gradient(lambda v: a @ v + 0.1 * v, b, max_iter=20, tol=1e-5)
     assert damped.status == "converged"
+
+
+def test_a_float32_solve_to_rounding_level_is_not_called_singular():
+    """Regression: a damped, low-rank-plus-λI system in float32 solved to tol 1e-10 reaches the float32 floor of the
+    true residual (~1e-6): that is rounding, not a missing solution."""
+    torch.manual_seed(0)
+    scores = torch.randn(64, 200, dtype=torch.float64)
+    a = (scores.T @ scores / 64 + 0.1 * torch.eye(200, dtype=torch.float64)).float()  # rank 64 + λI, like a score Fisher
+    b = torch.randn(200)
+    result = conjugate_gradient(lambda v: a @ v, b, max_iter=200, tol=1e-10)
+    assert result.status in ("converged", "max_iter"), result.message
+    exact = torch.linalg.solve(a.double(), b.double())
+    assert torch.allclose(result.x.double(), exact, rtol=1e-3, atol=1e-4)
+
