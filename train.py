@@ -505,12 +505,18 @@ def peer_algorithms() -> dict[str, type]:
     return peers
 
 
+def is_meta(name: str) -> bool:
+    return name in META_ALGO_NAMES
+
+
 def algorithm(name: str, meta: bool = False, peers: bool = False) -> type:
+    """The class of ``name``: single-task agents (``meta=False``), meta-learners (``meta=True``); with ``peers``,
+    any algorithm a benchmark grid can hold (ngrl's agents and meta-learners, SB3's peers)."""
     from agents import ALGOS, META_ALGOS
 
     table, other = (META_ALGOS, ALGOS) if meta else (ALGOS, META_ALGOS)
     if peers:
-        table = {**table, **peer_algorithms()}
+        table, other = {**ALGOS, **META_ALGOS, **peer_algorithms()}, {}
     if name in table:
         return table[name]
     if name in other:
@@ -568,6 +574,25 @@ def existing_checkpoint(path: str) -> pathlib.Path:
     return found
 
 
+def check_task_family(env: str, env_kwargs: dict[str, Any]) -> None:
+    """A meta-learner's env: a registered id of a task family (sample_tasks / set_task / get_task)."""
+    import gymnasium as gym
+
+    import envs  # noqa: F401
+    from envs.task_family import held_out_tasks
+
+    if env not in gym.registry:
+        close = difflib.get_close_matches(env, [k for k in gym.registry if k.startswith("ngrl/")], n=2)
+        raise UsageError(f"unknown environment id {env!r}: a meta-learner needs a registered task family such as "
+                         f"{', '.join(close) if close else 'ngrl/Navigation2D-v0'}")
+    try:
+        held_out_tasks(env, 1, 0, env_kwargs)
+    except ValueError as error:
+        raise UsageError(str(error)) from error
+    except Exception as error:  # the env's own code failed
+        raise UsageError(f"the env {env} raised {type(error).__name__} when made: {error}") from error
+
+
 @dataclass
 class RunSpec:
     """One training run, resolved and validated before any env is built: what ``train`` and ``benchmark`` both run."""
@@ -583,34 +608,52 @@ class RunSpec:
     params: dict[str, Any]  # the hyper-parameters as data (schedules 'lin_…', activations by name)
 
     def config_block(self) -> dict[str, Any]:
+        if is_meta(self.algo):
+            return config_block(self.params, n_timesteps=self.n_timesteps, policy=self.policy, env_kwargs=self.env_kwargs, seed=self.seed)
         return config_block(self.params, n_timesteps=self.n_timesteps, n_envs=self.n_envs, policy=self.policy,
                             normalize=self.normalize, env_kwargs=self.env_kwargs, seed=self.seed)
 
 
 def resolve_run(algo: str, env: str, *, seed: int | None, overrides: dict[str, Any], config: str | None = None,
                 env_kwargs: dict[str, Any] | None = None, n_timesteps: int | None = None, policy: str | None = None) -> RunSpec:
-    """The config block of ``algo`` for ``env`` with the overrides, every value checked by name, type and range."""
+    """The config block of ``algo`` for ``env`` with the overrides, every value checked by name, type and range.
+
+    A meta-learner (reptile, fomaml, imaml) needs a registered task family; its sub-envs are its tasks, so it
+    takes neither ``n_envs`` nor ``normalize``.
+    """
     algo_cls = algorithm(algo, peers=True)
     params = load_hyperparams(algo, env, overrides, config)
     kwargs = {**_mapping("env_kwargs", params.pop("env_kwargs", None) or {}), **(env_kwargs or {})}
     run_seed_ = run_seed(seed, params.pop("seed", 0))
-    steps = pop_int(params, "n_timesteps", 100_000, n_timesteps)
+    steps = pop_int(params, "n_timesteps", 200_000 if is_meta(algo) else 100_000, n_timesteps)
+    if is_meta(algo):
+        check_task_family(env, kwargs)
+        for key in ("n_envs", "normalize"):
+            if key in params:
+                raise UsageError(f"{key} does not apply to the meta-learner {algo}: its sub-envs are its tasks (meta_batch_size)")
     n_envs = pop_int(params, "n_envs", 1)
     chosen_policy = policy or params.get("policy", "MlpPolicy")
     params.pop("policy", None)
     normalize = params.pop("normalize", False)
     if not isinstance(normalize, (bool, dict)):
         raise UsageError(f"normalize must be true, false or a dict of VecNormalize arguments, got {normalize!r}")
-    check_hyperparams(algo_cls, params, algo, RUN_KEYS)
+    check_hyperparams(algo_cls, params, algo, META_RUN_KEYS if is_meta(algo) else RUN_KEYS)
     if chosen_policy not in algo_cls.policy_aliases:
         raise UsageError(f"unknown policy {chosen_policy!r} for {algo}; choose one of {', '.join(algo_cls.policy_aliases)}")
     return RunSpec(algo, env, run_seed_, steps, n_envs, chosen_policy, normalize, kwargs, params)
 
 
 def build_model(spec: RunSpec, *, device: str = "auto", verbose: int = 0, tensorboard_log: str | None = None) -> Any:
-    """The spec's training env (VecNormalize when asked) and a fresh model on it."""
+    """The spec's training env (VecNormalize when asked) and a fresh model on it (a meta-learner builds its own tasks' env)."""
     from stable_baselines3.common.vec_env import VecNormalize
 
+    if is_meta(spec.algo):
+        probe_env(spec.env, spec.env, spec.env_kwargs)
+        try:
+            return algorithm(spec.algo, meta=True)(spec.policy, spec.env, env_kwargs=spec.env_kwargs, seed=spec.seed, device=device,
+                                                   verbose=verbose, tensorboard_log=tensorboard_log, **constructor_kwargs(spec.params))
+        except (ValueError, TypeError, AssertionError) as error:
+            raise UsageError(f"{spec.algo} cannot meta-train on {spec.env}: {error}") from error
     venv = make_env(spec.env, spec.n_envs, spec.seed, spec.env_kwargs)
     if spec.normalize:
         venv = VecNormalize(venv, **(spec.normalize if isinstance(spec.normalize, dict) else {}))
@@ -625,7 +668,8 @@ def build_model(spec: RunSpec, *, device: str = "auto", verbose: int = 0, tensor
 
 class PeriodicEvaluation:
     """Evaluate every ``every`` steps on a separate env (seed + 10,000; deterministic actions), as rl-zoo3's
-    ``--eval-freq``: one row per evaluation (steps, mean, std, training seconds so far, evaluations excluded)."""
+    ``--eval-freq``: one row per evaluation (steps, mean, std, training seconds so far, evaluations excluded).
+    A meta-learner is scored by its mean return after one inner update on ``n_episodes`` held-out tasks."""
 
     def __init__(self, spec: RunSpec, every: int, n_episodes: int, quiet: bool = False):
         self.spec, self.every, self.n_episodes, self.quiet = spec, every, n_episodes, quiet
@@ -641,13 +685,20 @@ class PeriodicEvaluation:
         from stable_baselines3.common.evaluation import evaluate_policy
 
         began = time.perf_counter()
-        if self._env is None:
+        if self._env is None and not hasattr(model, "evaluate_adaptation"):
             self._env = make_env(self.spec.env, 1, self.spec.seed + 10_000, self.spec.env_kwargs)
             if isinstance(model.get_env(), VecNormalize):
                 self._env = VecNormalize(self._env, training=False, norm_reward=False)
         if isinstance(self._env, VecNormalize):
             sync_envs_normalization(model.get_env(), self._env)
-        mean, std = evaluate_policy(model, self._env, n_eval_episodes=self.n_episodes, deterministic=True, warn=False)
+        if hasattr(model, "evaluate_adaptation"):  # a meta-learner: return after one inner update on held-out tasks
+            from envs.task_family import held_out_tasks
+
+            tasks = held_out_tasks(self.spec.env, self.n_episodes, self.spec.seed + 10_000, self.spec.env_kwargs)
+            returns = model.evaluate_adaptation(tasks, n_updates=[1], seed=self.spec.seed + 10_000)[1]
+            mean, std = float(returns.mean()), float(returns.std())
+        else:
+            mean, std = evaluate_policy(model, self._env, n_eval_episodes=self.n_episodes, deterministic=True, warn=False)
         self._evaluating += time.perf_counter() - began
         row = {"timesteps": int(model.num_timesteps), "mean": float(mean), "std": float(std),
                "train_seconds": round(time.perf_counter() - self._start - self._evaluating, 3)}
@@ -791,9 +842,6 @@ def print_adaptation(model: Any, tasks: list[dict[str, float]], n_updates: Seque
 
 
 def cmd_meta_train(args: argparse.Namespace) -> int:
-    import gymnasium as gym
-
-    import envs  # noqa: F401
     from envs.task_family import held_out_tasks
 
     algo_cls = algorithm(args.algo, meta=True)
@@ -802,48 +850,30 @@ def cmd_meta_train(args: argparse.Namespace) -> int:
     if args.n_eval_tasks < 0 or args.save_freq < 0:
         raise UsageError("--n-eval-tasks and --save-freq must be >= 0")
     check_device(args.device)
-    if args.env not in gym.registry:
-        close = difflib.get_close_matches(args.env, [k for k in gym.registry if k.startswith("ngrl/")], n=2)
-        raise UsageError(f"unknown environment id {args.env!r}: meta-train needs a registered task family such as "
-                         f"{', '.join(close) if close else 'ngrl/Navigation2D-v0'}")
-    params = load_hyperparams(args.algo, args.env, parse_key_values(args.hyperparams, "--hyperparams"), args.config)
-    env_kwargs = {**_mapping("env_kwargs", params.pop("env_kwargs", None) or {}), **parse_key_values(args.env_kwargs, "--env-kwargs")}
-    seed = run_seed(args.seed, params.pop("seed", 0))
-    n_timesteps = pop_int(params, "n_timesteps", 200_000, args.n_timesteps)
-    policy = args.policy or params.get("policy", "MlpPolicy")
-    params.pop("policy", None)
-    check_hyperparams(algo_cls, params, args.algo, META_RUN_KEYS)
-    if policy not in algo_cls.policy_aliases:
-        raise UsageError(f"unknown policy {policy!r} for {args.algo}; choose one of {', '.join(algo_cls.policy_aliases)}")
-    probe_env(args.env, args.env, env_kwargs)
-    try:
-        held_out_tasks(args.env, 1, 0, env_kwargs)
-    except ValueError as error:
-        raise UsageError(str(error)) from error
+    spec = resolve_run(args.algo, args.env, seed=args.seed, overrides=parse_key_values(args.hyperparams, "--hyperparams"),
+                       config=args.config, env_kwargs=parse_key_values(args.env_kwargs, "--env-kwargs"),
+                       n_timesteps=args.n_timesteps, policy=args.policy)
     if args.trained_agent:
         trained = existing_checkpoint(args.trained_agent)
         model = load_checkpoint(algo_cls, str(trained), None, args)
-        model.set_env(model._task_env(model.meta_batch_size, seed))
-        if model.num_timesteps >= n_timesteps:
-            raise UsageError(f"{trained} has already trained {model.num_timesteps} steps, the whole budget of {n_timesteps}: raise --n-timesteps")
-        remaining = n_timesteps - model.num_timesteps
+        model.set_env(model._task_env(model.meta_batch_size, spec.seed))
+        if model.num_timesteps >= spec.n_timesteps:
+            raise UsageError(f"{trained} has already trained {model.num_timesteps} steps, the whole budget of {spec.n_timesteps}: "
+                             "raise --n-timesteps")
+        remaining = spec.n_timesteps - model.num_timesteps
     else:
-        try:
-            model = algo_cls(policy, args.env, env_kwargs=env_kwargs, seed=seed, device=args.device, verbose=args.verbose,
-                             tensorboard_log=args.tensorboard_log, **constructor_kwargs(params))
-        except (ValueError, TypeError, AssertionError) as error:
-            raise UsageError(f"{args.algo} cannot meta-train on {args.env}: {error}") from error
-        remaining = n_timesteps
-    run_dir = new_run_dir(args.log_folder, args.algo, args.env, seed)
-    write_run_files(run_dir, args.env, config_block(params, n_timesteps=n_timesteps, policy=policy, env_kwargs=env_kwargs, seed=seed), args.algo)
+        model = build_model(spec, device=args.device, verbose=args.verbose, tensorboard_log=args.tensorboard_log)
+        remaining = spec.n_timesteps
+    run_dir = new_run_dir(args.log_folder, args.algo, args.env, spec.seed)
+    write_run_files(run_dir, args.env, spec.config_block(), args.algo)
     path = run_dir / f"{env_name(args.env)}.zip"
     status = learn_and_save(model, remaining, args, run_dir, path, f"{args.algo.upper()}_{run_dir.name}", resume_arguments(sys.argv[1:]))
     if status != 0:
         return status
-    if model.num_timesteps != n_timesteps:
-        print(f"Ran {model.num_timesteps} environment steps for a budget of {n_timesteps}: a meta-iteration ends whole.")
+    if model.num_timesteps != spec.n_timesteps:
+        print(f"Ran {model.num_timesteps} environment steps for a budget of {spec.n_timesteps}: a meta-iteration ends whole.")
     if args.n_eval_tasks > 0:
-        print_adaptation(model, held_out_tasks(args.env, args.n_eval_tasks, seed + 10_000, env_kwargs), [0, 1], seed + 10_000)
+        print_adaptation(model, held_out_tasks(args.env, args.n_eval_tasks, spec.seed + 10_000, spec.env_kwargs), [0, 1], spec.seed + 10_000)
     return 0
 
 

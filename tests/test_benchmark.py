@@ -137,3 +137,16 @@ def test_tune_scores_each_trial_on_several_seeds_and_writes_a_config_block(tmp_p
     assert all("param:n_steps" not in t for t in trials)  # fixed values are not searched
     spec = train.resolve_run("npg", "CartPole-v1", seed=None, overrides={}, config=str(out / "best.yml"))
     assert spec.params["n_steps"] == 256 and "target_kl" in spec.params and spec.n_timesteps == 512
+
+
+def test_meta_learners_run_in_the_grid(tmp_path):
+    """A meta-learner in the grid is scored by its mean return after one inner update on held-out tasks."""
+    out = tmp_path / "bench"
+    assert train.main(["benchmark", "--algos", "reptile", "--envs", "ngrl/TargetBandit-v0", "--seeds", "0", "--out", str(out),
+                       "--n-timesteps", "640", "--eval-freq", "320", "--n-eval-episodes", "3", "--workers", "1",
+                       "--hyperparams", "inner_algo=vpg", "inner_updates=1", "inner_kwargs=dict(step_size=0.5)", "n_steps=16",
+                       "meta_batch_size=4", "learning_rate=0.5", "policy_kwargs=dict(net_arch=[8])"]) == 0
+    run = read_csv(out / "runs.csv")[0]
+    assert run["algo"] == "reptile" and run["status"] == "ok" and int(run["n_evals"]) == 2
+    block = (out / "reptile" / "ngrl-TargetBandit-v0_0" / "config.yml").read_text()
+    assert "meta_batch_size: 4" in block and "n_envs" not in block
