@@ -1082,6 +1082,20 @@ def cmd_benchmark(args: argparse.Namespace) -> int:
     return status
 
 
+def start_ray(args: argparse.Namespace) -> bool:
+    """Join the cluster at ``--ray-address``, or start a local Ray with ``--workers`` CPUs; True when started here."""
+    import ray
+
+    if ray.is_initialized():
+        return False
+    if args.ray_address:
+        ray.init(address=args.ray_address, log_to_driver=False)
+    else:  # workers import this checkout and run torch on one thread
+        ray.init(num_cpus=args.workers or os.cpu_count(), include_dashboard=False, log_to_driver=False,
+                 runtime_env={"env_vars": {"OMP_NUM_THREADS": "1", "PYTHONPATH": str(pathlib.Path(__file__).resolve().parent)}})
+    return True
+
+
 def _run_on_ray(tasks: list[dict[str, Any]], args: argparse.Namespace) -> int:
     """Each task a Ray task with one CPU; a local Ray with --workers CPUs unless --ray-address joins a cluster."""
     import time
@@ -1092,13 +1106,7 @@ def _run_on_ray(tasks: list[dict[str, Any]], args: argparse.Namespace) -> int:
         raise UsageError("benchmark needs Ray: python -m pip install -e \".[experiments]\"") from error
     import train as run_layer  # workers import the module (not __main__) to run its functions
 
-    started_here = not ray.is_initialized()
-    if started_here:
-        if args.ray_address:
-            ray.init(address=args.ray_address, log_to_driver=False)
-        else:
-            ray.init(num_cpus=args.workers or os.cpu_count(), include_dashboard=False, log_to_driver=False,
-                     runtime_env={"env_vars": {"OMP_NUM_THREADS": "1", "PYTHONPATH": str(pathlib.Path(__file__).resolve().parent)}})
+    started_here = start_ray(args)
     remote = ray.remote(num_cpus=1, num_gpus=args.gpus_per_run, max_retries=args.max_retries, retry_exceptions=True)(
         run_layer.benchmark_run
     )
@@ -1217,12 +1225,7 @@ def cmd_tune(args: argparse.Namespace) -> int:
                             study_name=f"{args.algo}-{env_name(args.env)}", storage=storage)
     task = {"algo": args.algo, "env": args.env, "seeds": args.seeds, "n_timesteps": args.n_timesteps,
             "n_eval_episodes": args.n_eval_episodes, "fixed": fixed}
-    if not ray.is_initialized():
-        if args.ray_address:
-            ray.init(address=args.ray_address, log_to_driver=False)
-        else:
-            ray.init(num_cpus=args.workers or os.cpu_count(), include_dashboard=False, log_to_driver=False,
-                     runtime_env={"env_vars": {"OMP_NUM_THREADS": "1", "PYTHONPATH": str(pathlib.Path(__file__).resolve().parent)}})
+    started_here = start_ray(args)
     try:
         tuner = tune.Tuner(
             tune.with_resources(tune.with_parameters(run_layer.tune_trial, task=task), {"cpu": 1}),
@@ -1236,7 +1239,8 @@ def cmd_tune(args: argparse.Namespace) -> int:
         )
         grid = tuner.fit()
     finally:
-        ray.shutdown()
+        if started_here:
+            ray.shutdown()
     rows = []
     for result in grid:
         metrics = result.metrics or {}
