@@ -1,14 +1,15 @@
-"""NPG beside sb3-contrib TRPO and SB3 PPO: learning on classic control, and the cost of a Fisher product.
+"""NPG beside sb3-contrib TRPO: the cost of a Fisher product, of CG and of one update; CG preconditioners.
 
     python bench/bench_npg.py fvp                       # micro-benchmark (about a minute)
     python bench/bench_npg.py update                    # one update, NPG and TRPO alternating
     python bench/bench_npg.py precond                   # CG iterations per preconditioner (a few minutes)
-    python bench/bench_npg.py learn --seeds 0 1 2       # learning table (tens of minutes on 2 cores)
 
-Learning protocol (the one our team's baseline measurements of SB3/sb3-contrib used): rl-baselines3-zoo hyper-parameters for TRPO and
-PPO, ngrl's configs/npg.yml for NPG; a separate evaluation env, 10 deterministic episodes every 5k
-steps; "steps to threshold" is the first evaluation at or above it; training seconds exclude the
-evaluations; one torch thread per run. Results go to bench/results/*.json.
+The learning table (NPG beside TRPO and PPO on classic control) is a `train.py benchmark` grid:
+
+    python train.py benchmark --algos npg trpo ppo --envs CartPole-v1 Acrobot-v1 Pendulum-v1 --seeds 0 1 2 \\
+        --n-timesteps 100000 --eval-freq 5000 --n-eval-episodes 10 --out runs/classic
+
+Timing results go to bench/results/*.json; one torch thread unless a table says 1 / 2.
 """
 
 from __future__ import annotations
@@ -19,7 +20,6 @@ import pathlib
 import statistics
 import sys
 import time
-from concurrent.futures import ProcessPoolExecutor
 from typing import Any
 
 import gymnasium as gym
@@ -54,121 +54,6 @@ def algo_class(algo: str):
     from stable_baselines3 import PPO
 
     return PPO
-
-
-def learning_run(algo: str, env_id: str, seed: int, n_timesteps: int, eval_freq: int, n_eval_episodes: int) -> dict[str, Any]:
-    """Train one (algo, env, seed), evaluating every ``eval_freq`` steps; return the curve and timings."""
-    torch.set_num_threads(1)
-    from stable_baselines3.common.env_util import make_vec_env
-    from stable_baselines3.common.evaluation import evaluate_policy
-    from stable_baselines3.common.vec_env import VecNormalize
-
-    params = hyperparams(algo, env_id)
-    n_envs = params.pop("n_envs", 1)
-    normalize = params.pop("normalize", False)
-    env = make_vec_env(env_id, n_envs=n_envs, seed=seed)
-    if normalize:
-        env = VecNormalize(env)
-    model = algo_class(algo)("MlpPolicy", env, seed=seed, device="cpu", **params)
-    eval_env = make_vec_env(env_id, n_envs=1, seed=seed + 10_000)
-    if normalize:
-        eval_env = VecNormalize(eval_env, training=False, norm_reward=False)
-
-    update_seconds: list[float] = []
-    train = model.train
-
-    def timed_train() -> None:
-        start = time.perf_counter()
-        train()
-        update_seconds.append(time.perf_counter() - start)
-
-    model.train = timed_train
-    from stable_baselines3.common.callbacks import BaseCallback
-
-    curve: list[tuple[int, float]] = []
-    eval_seconds = [0.0]
-
-    class Evaluate(BaseCallback):
-        """Evaluate every ``eval_freq`` env steps inside one learn() call (schedules see the whole run)."""
-
-        def __init__(self) -> None:
-            super().__init__()
-            self.next_eval = eval_freq
-
-        def _on_step(self) -> bool:
-            if self.num_timesteps >= self.next_eval:
-                self.next_eval += eval_freq
-                start = time.perf_counter()
-                if normalize:
-                    eval_env.obs_rms = env.obs_rms
-                mean, _ = evaluate_policy(model, eval_env, n_eval_episodes=n_eval_episodes, deterministic=True, warn=False)
-                curve.append((int(self.num_timesteps), float(mean)))
-                eval_seconds[0] += time.perf_counter() - start
-            return True
-
-    start = time.perf_counter()
-    model.learn(n_timesteps, callback=Evaluate())
-    train_seconds = time.perf_counter() - start - eval_seconds[0]
-    threshold = THRESHOLDS[env_id]
-    hits = [steps for steps, mean in curve if mean >= threshold]
-    return {
-        "algo": algo, "env": env_id, "seed": seed, "curve": curve,
-        "steps_to_threshold": hits[0] if hits else None,
-        "final_eval": curve[-1][1], "evals_at_threshold": len(hits), "n_evals": len(curve),
-        "train_seconds": train_seconds, "seconds_per_100k": train_seconds * 100_000 / model.num_timesteps,
-        "n_updates": len(update_seconds), "seconds_per_update": statistics.median(update_seconds) if update_seconds else None,
-    }
-
-
-def summarise(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    rows = []
-    for env_id in THRESHOLDS:
-        for algo in ("npg", "trpo", "ppo"):
-            group = [r for r in runs if r["env"] == env_id and r["algo"] == algo]
-            if not group:
-                continue
-            hits = [r["steps_to_threshold"] for r in group if r["steps_to_threshold"] is not None]
-            # unsolved seeds count as infinitely slow in the median
-            ordered = sorted(hits) + [float("inf")] * (len(group) - len(hits))
-            rows.append({
-                "env": env_id, "algo": algo, "solved": f"{len(hits)}/{len(group)}",
-                "median_steps_to_threshold": statistics.median(ordered),
-                "range": [min(hits), max(hits)] if hits else None,
-                "final_eval": [round(r["final_eval"], 1) for r in sorted(group, key=lambda r: r["seed"])],
-                "evals_at_threshold": [r["evals_at_threshold"] for r in sorted(group, key=lambda r: r["seed"])],
-                "seconds_per_100k": statistics.median(r["seconds_per_100k"] for r in group),
-                "seconds_per_update": statistics.median(r["seconds_per_update"] for r in group if r["seconds_per_update"]),
-            })
-    return rows
-
-
-def print_learning_table(rows: list[dict[str, Any]]) -> None:
-    print("| env (threshold) | algo | solved | steps to threshold (median [min, max]) | final eval (per seed) | evals ≥ thr | train s / 100k | s / update |")
-    print("|---|---|---|---|---|---|---|---|")
-    for row in rows:
-        median = row["median_steps_to_threshold"]
-        steps = "—" if median == float("inf") else f"{median / 1000:.0f}k"
-        if row["range"]:
-            steps += f" [{row['range'][0] / 1000:.0f}k, {row['range'][1] / 1000:.0f}k]"
-        print(f"| {row['env']} ({THRESHOLDS[row['env']]:g}) | {row['algo'].upper()} | {row['solved']} | {steps} | "
-              f"{', '.join(str(v) for v in row['final_eval'])} | {', '.join(str(v) for v in row['evals_at_threshold'])} | "
-              f"{row['seconds_per_100k']:.1f} | {row['seconds_per_update'] * 1000:.0f} ms |")
-
-
-def cmd_learn(args: argparse.Namespace) -> None:
-    jobs = [(algo, env_id, seed, args.n_timesteps, args.eval_freq, args.n_eval_episodes)
-            for env_id in args.envs for seed in args.seeds for algo in args.algos]
-    with ProcessPoolExecutor(max_workers=args.workers) as pool:
-        runs = list(pool.map(learning_run, *zip(*jobs)))
-    rows = summarise(runs)
-    print_learning_table(rows)
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    out = RESULTS / args.output
-    out.write_text(json.dumps({"command": " ".join(sys.argv), "rows": rows, "runs": runs}, indent=1, default=str))
-    print(f"wrote {out}")
-
-
-# --- Fisher-vector products -------------------------------------------------------------------
 
 
 class _SpacesEnv(gym.Env):
@@ -438,16 +323,6 @@ def cmd_update(args: argparse.Namespace) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     commands = parser.add_subparsers(dest="command", required=True)
-    learn = commands.add_parser("learn", help="learning table: NPG, TRPO, PPO")
-    learn.add_argument("--envs", nargs="+", default=list(THRESHOLDS))
-    learn.add_argument("--algos", nargs="+", default=["npg", "trpo", "ppo"])
-    learn.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
-    learn.add_argument("--n-timesteps", type=int, default=100_000)
-    learn.add_argument("--eval-freq", type=int, default=5_000)
-    learn.add_argument("--n-eval-episodes", type=int, default=10)
-    learn.add_argument("--workers", type=int, default=2)
-    learn.add_argument("--output", default="npg_learning.json")
-    learn.set_defaults(handler=cmd_learn)
     fvp = commands.add_parser("fvp", help="Fisher-vector product and CG micro-benchmark")
     fvp.add_argument("--states", type=int, default=2048)
     fvp.add_argument("--repeats", type=int, default=20)
