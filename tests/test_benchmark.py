@@ -150,3 +150,26 @@ def test_meta_learners_run_in_the_grid(tmp_path):
     assert run["algo"] == "reptile" and run["status"] == "ok" and int(run["n_evals"]) == 2
     block = (out / "reptile" / "ngrl-TargetBandit-v0_0" / "config.yml").read_text()
     assert "meta_batch_size: 4" in block and "n_envs" not in block
+
+
+def test_ctrl_c_keeps_the_finished_runs(tmp_path):
+    import signal
+    import time
+
+    out = tmp_path / "bench"
+    command = [sys.executable, str(ROOT / "train.py"), "benchmark", "--algos", "npg", "--envs", "CartPole-v1", "--seeds", "0", "1",
+               "--out", str(out), "--n-timesteps", "6144", "--eval-freq", "6144", "--n-eval-episodes", "2", "--workers", "1"]
+    environment = {**os.environ, "OMP_NUM_THREADS": "1"}
+    process = subprocess.Popen(command, cwd=tmp_path, env=environment, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 240
+    while len(list(out.glob("*/*/result.json"))) < 1:
+        assert process.poll() is None and time.time() < deadline, process.communicate()
+        time.sleep(0.2)
+    process.send_signal(signal.SIGINT)
+    stdout, stderr = process.communicate(timeout=120)
+    assert process.returncode == 130, stderr[-2000:]
+    assert "rerun the same command" in stderr
+    assert [r["status"] for r in read_csv(out / "runs.csv")] == ["ok"]  # the finished run is kept, the other is not recorded
+    rerun = subprocess.run(command, cwd=tmp_path, env=environment, capture_output=True, text=True, timeout=300)
+    assert rerun.returncode == 0 and "1 of 2 runs already finished" in rerun.stdout
+    assert [r["status"] for r in read_csv(out / "runs.csv")] == ["ok", "ok"]
