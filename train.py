@@ -556,12 +556,11 @@ def normalized_env(venv: Any, model_path: pathlib.Path, args: argparse.Namespace
 
 def was_normalized(path: pathlib.Path) -> bool:
     """Whether the checkpoint records training on a VecNormalize env (read from its JSON data only)."""
-    import zipfile
+    from agents.checkpoint import CheckpointError, checkpoint_data
 
     try:
-        with zipfile.ZipFile(path) as archive:
-            return bool(json.loads(archive.read("data").decode()).get("_ngrl_vecnormalize", False))
-    except (OSError, KeyError, ValueError, zipfile.BadZipFile):
+        return bool(checkpoint_data(path).get("_ngrl_vecnormalize", False))
+    except CheckpointError:
         return False  # the loader reports what is wrong with the file
 
 
@@ -878,13 +877,10 @@ def cmd_meta_train(args: argparse.Namespace) -> int:
 
 
 def saved_algorithm(path: pathlib.Path) -> Any:
-    import zipfile
+    """The algorithm a checkpoint records (read from its JSON data only); a CheckpointError for a bad file."""
+    from agents.checkpoint import checkpoint_data
 
-    try:
-        with zipfile.ZipFile(path) as archive:
-            return json.loads(archive.read("data").decode()).get("_ngrl_algorithm")
-    except (zipfile.BadZipFile, KeyError, ValueError, OSError, AttributeError) as error:
-        raise UsageError(f"{path} is not a readable ngrl checkpoint ({error}); point to the .zip meta-train wrote") from error
+    return checkpoint_data(path).get("_ngrl_algorithm")
 
 
 def cmd_adapt(args: argparse.Namespace) -> int:

@@ -48,6 +48,7 @@ __all__ = [
     "CheckpointError",
     "CheckpointMixin",
     "NonFiniteParametersError",
+    "checkpoint_data",
     "load_normalization",
     "register_safe_class",
     "save_normalization",
@@ -285,6 +286,11 @@ def _read_archive(source: pathlib.Path | io.IOBase) -> tuple[dict[str, Any], dic
     if not isinstance(data, dict) or (safe is not None and not isinstance(safe, dict)):
         raise CheckpointError(f"{name} is not an ngrl checkpoint (its data is not a JSON object)")
     return data, safe
+
+
+def checkpoint_data(path: str | os.PathLike) -> dict[str, Any]:
+    """The JSON ``data`` of a checkpoint (no unpickling); :class:`CheckpointError` when it is not readable."""
+    return _read_archive(pathlib.Path(path))[0]
 
 
 def _safe_objects(data: dict[str, Any], safe: dict[str, Any], name: Any) -> dict[str, Any]:

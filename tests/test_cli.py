@@ -156,7 +156,14 @@ BAD_INPUTS = {
     "adapt zero tasks": (lambda t: ["adapt", "--model", _reptile_checkpoint(t), "--n-tasks", "0"], "--n-tasks"),
     "adapt output is a folder": (lambda t: ["adapt", "--model", _reptile_checkpoint(t), "--output", str(t)], "is a folder"),
     "adapt an npg checkpoint": (lambda t: ["adapt", "--model", _npg_checkpoint(t)], "not by a meta-learner"),
+    "adapt a corrupt file": (lambda t: ["adapt", "--model", _garbage(t)], "not a readable ngrl checkpoint"),
 }
+
+
+def _garbage(tmp_path) -> str:
+    path = tmp_path / "garbage.zip"
+    path.write_bytes(b"not a zip")
+    return str(path)
 
 
 def _npg_checkpoint(tmp_path) -> str:
