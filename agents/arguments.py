@@ -197,6 +197,7 @@ RULES: dict[str, dict[str, Rule]] = {
         "target_network": boolean,
         "preconditioner": optional(one_of("none", "diagonal")),
         "curvature_outputs": one_of("action", "all"),
+        "solver": one_of("cg", "exact"),
         "td_loss": one_of("mse", "huber"),
         "exploration_fraction": unit_interval,
         "exploration_initial_eps": unit_interval,

@@ -230,6 +230,9 @@ def cmd_learn(args: argparse.Namespace) -> None:
         print(f"wrote {args.out}")
 
 
+VARIANTS = ("dqn", "ngdqn-parameter-space", "ngdqn", "ngdqn-adaptive", "ngdqn-exact")
+
+
 def cmd_step_cost(args: argparse.Namespace) -> None:
     """Seconds per gradient step, DQN vs NGDQN, same network, batch and replay data."""
     from stable_baselines3 import DQN
@@ -243,13 +246,17 @@ def cmd_step_cost(args: argparse.Namespace) -> None:
         arch = [int(w) for w in net_arch.split("x")]
         for batch_size in args.batch_sizes:
             models = {}
-            for name in ("dqn", "ngdqn", "ngdqn-adaptive"):
+            for name in VARIANTS:
                 kwargs = dict(learning_starts=0, buffer_size=10_000, batch_size=batch_size, policy_kwargs=dict(net_arch=arch), seed=0, device="cpu")
                 if name == "dqn":
                     model = DQN("MlpPolicy", args.env, **kwargs)
                 else:
-                    damping = "adaptive_0.1" if name == "ngdqn-adaptive" else 0.1
-                    model = NGDQN("MlpPolicy", args.env, cg_max_steps=args.cg_max_steps, damping=damping, **kwargs)
+                    damping = "adaptive_0.1" if name.endswith("-adaptive") else 0.1
+                    solver = "exact" if name == "ngdqn-exact" else "cg"
+                    # a small rate: timing does not depend on it, and the exact solve diverges at the default 0.6 with fixed d = 0.1
+                    model = NGDQN("MlpPolicy", args.env, learning_rate=0.05, cg_max_steps=args.cg_max_steps, damping=damping, solver=solver, **kwargs)
+                    if name == "ngdqn-parameter-space":  # CG through the network (the path before the batch-space solve)
+                        model._solves_in_batch_space = lambda rows: False
                 model.learn(2_000)  # fills the buffer
                 model.set_logger(Logger(folder=None, output_formats=[]))
                 model.train(gradient_steps=20, batch_size=batch_size)  # warm-up
@@ -264,14 +271,13 @@ def cmd_step_cost(args: argparse.Namespace) -> None:
             timings = {name: float(np.median(values)) for name, values in samples.items()}
             rows.append({"net_arch": arch, "batch_size": batch_size, "cg_max_steps": args.cg_max_steps, **{f"{k}_s": v for k, v in timings.items()}})
     lines = [
-        f"| net | batch | DQN ms/step | NGDQN ms/step (fixed d, {args.cg_max_steps} CG) | ratio | NGDQN adaptive d ms/step | ratio |",
+        f"| net | batch | DQN ms/step | NGDQN, {args.cg_max_steps} CG in parameter space, fixed d | {args.cg_max_steps} CG in batch space, fixed d "
+        "| the same, adaptive d (default) | exact batch-space solve, fixed d |",
         "|---|---|---|---|---|---|---|",
     ]
     for r in rows:
-        lines.append(
-            f"| {r['net_arch']} | {r['batch_size']} | {1000 * r['dqn_s']:.3f} | {1000 * r['ngdqn_s']:.3f} | {r['ngdqn_s'] / r['dqn_s']:.2f} "
-            f"| {1000 * r['ngdqn-adaptive_s']:.3f} | {r['ngdqn-adaptive_s'] / r['dqn_s']:.2f} |"
-        )
+        cells = [f"{1000 * r[f'{name}_s']:.3f} ({r[f'{name}_s'] / r['dqn_s']:.2f}×)" for name in VARIANTS[1:]]
+        lines.append(f"| {r['net_arch']} | {r['batch_size']} | {1000 * r['dqn_s']:.3f} | " + " | ".join(cells) + " |")
     print("\n".join(lines))
     if args.out:
         out = pathlib.Path(args.out)

@@ -60,6 +60,7 @@ def conjugate_gradient(
     tol: float = 1e-10,
     preconditioner: Callable[[Tensor], Tensor] | Tensor | None = None,
     x0: Tensor | None = None,
+    metric: Tensor | None = None,
 ) -> CGResult:
     """Solve A x = b by (preconditioned) conjugate gradient, A given as ``matvec``.
 
@@ -84,6 +85,11 @@ def conjugate_gradient(
     :param tol: relative residual at which to stop
     :param preconditioner: r ↦ M⁻¹r, or a strictly positive tensor holding diag(M)
     :param x0: starting point (zeros by default; the solve is then deterministic)
+    :param metric: a PSD matrix K that defines the inner product ⟨a, b⟩ = aᵀKb used for every dot
+        product and norm (the Euclidean one by default). CG on vectors that *represent* others — x = Bᵀu
+        with K = BBᵀ, and A acting as u ↦ M u where A Bᵀ = Bᵀ M — then takes exactly the iterates that
+        CG on the represented system would take (see ``GaussNewtonOperator.batch_space_solve``).
+        Not combined with a preconditioner.
     """
     if b.ndim != 1:
         raise ValueError(f"b must be a flat vector, got shape {tuple(b.shape)}")
@@ -94,9 +100,18 @@ def conjugate_gradient(
     if not (isinstance(tol, (int, float)) and math.isfinite(tol) and tol >= 0):
         raise ValueError(f"tol must be a finite number >= 0, got {tol!r}")
 
+    if metric is not None and preconditioner is not None:
+        raise ValueError("conjugate_gradient takes a metric or a preconditioner, not both")
+
+    def dot(u: Tensor, v: Tensor) -> Tensor:
+        return torch.dot(u, v) if metric is None else torch.dot(u, metric @ v)
+
+    def norm(u: Tensor) -> float:
+        return float(torch.linalg.vector_norm(u)) if metric is None else math.sqrt(max(float(dot(u, u)), 0.0))
+
     apply = matvec
     precondition = _as_preconditioner(preconditioner)
-    b_norm = float(torch.linalg.vector_norm(b))
+    b_norm = norm(b)
     if b_norm == 0.0:
         return CGResult(torch.zeros_like(b), 0, 0.0, True, "converged", "b is zero: x = 0")
 
@@ -108,8 +123,8 @@ def conjugate_gradient(
         r = b - apply(x)
     z = precondition(r) if precondition else r
     p = z.clone()
-    rz = torch.dot(r, z)
-    residual = float(torch.linalg.vector_norm(r)) / b_norm
+    rz = dot(r, z)
+    residual = norm(r) / b_norm
     if residual <= tol:
         return CGResult(x, 0, residual, True, "converged", "x0 already solves the system")
 
@@ -120,9 +135,9 @@ def conjugate_gradient(
     first_quotient = None
     for iteration in range(1, max_iter + 1):
         ap = apply(p)
-        p_ap = torch.dot(p, ap)
+        p_ap = dot(p, ap)
         # One host sync per iteration: the curvature check and the stopping test read together.
-        curvature, p_norm2 = torch.stack([p_ap, torch.dot(p, p)]).tolist()
+        curvature, p_norm2 = torch.stack([p_ap, dot(p, p)]).tolist()
         if not curvature > 0.0 or not torch.isfinite(ap).all():
             message = (
                 f"conjugate gradient met pᵀAp = {curvature:.3g} ≤ 0 at iteration {iteration}: "
@@ -137,16 +152,16 @@ def conjugate_gradient(
         alpha = rz / p_ap
         x = x + alpha * p
         r = r - alpha * ap
-        residual = float(torch.linalg.vector_norm(r)) / b_norm
+        residual = norm(r) / b_norm
         if residual <= tol:
-            true_residual = float(torch.linalg.vector_norm(b - apply(x))) / b_norm
+            true_residual = norm(b - apply(x)) / b_norm
             if not true_residual <= max(10.0 * tol, rounding_floor):
                 message = (f"the recursive residual reached {residual:.3g} but the true one is {true_residual:.3g} with "
-                           f"‖x‖ = {float(torch.linalg.vector_norm(x)):.3g}: " + _singular_message(iteration, None))
+                           f"‖x‖ = {norm(x):.3g}: " + _singular_message(iteration, None))
                 return CGResult(x, iteration, true_residual, False, "singular", message)
             return CGResult(x, iteration, residual, True, "converged", f"relative residual {residual:.3g} ≤ tol {tol:g}")
         z = precondition(r) if precondition else r
-        rz_next = torch.dot(r, z)
+        rz_next = dot(r, z)
         p = z + (rz_next / rz) * p
         rz = rz_next
     return CGResult(x, max_iter, residual, False, "max_iter", f"stopped after {max_iter} iterations at relative residual {residual:.3g}")
@@ -184,6 +199,9 @@ class CGConfig:
         *,
         preconditioner: Callable[[Tensor], Tensor] | Tensor | None = None,
         x0: Tensor | None = None,
+        metric: Tensor | None = None,
     ) -> CGResult:
         """:func:`conjugate_gradient` with this configuration."""
-        return conjugate_gradient(matvec, b, max_iter=self.max_iter, tol=self.tol, preconditioner=preconditioner, x0=x0)
+        return conjugate_gradient(
+            matvec, b, max_iter=self.max_iter, tol=self.tol, preconditioner=preconditioner, x0=x0, metric=metric
+        )

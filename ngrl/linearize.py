@@ -6,7 +6,9 @@ A :class:`Linearization` is taken at one point (parameters θ, a batch of n inpu
 - ``jvp(tangents)``: J v, the (n, k) change of the outputs along a parameter direction v;
 - ``vjp(cotangent)``: Jᵀ u = Σᵢ Jᵢᵀ uᵢ for an (n, k) cotangent u;
 - ``per_sample_vjp(cotangent)``: the n terms Jᵢᵀ uᵢ separately (leading dimension n);
-- ``squared_vjp_sum(cotangent)``: Σᵢ (Jᵢᵀ uᵢ)² elementwise, for diagonal curvature.
+- ``squared_vjp_sum(cotangent)``: Σᵢ (Jᵢᵀ uᵢ)² elementwise, for diagonal curvature;
+- :func:`gram_matrix` ``(linearization, cotangents)``: the inner products ⟨Jᵢᵀu_{c,i}, Jⱼᵀu_{d,j}⟩ of
+  per-sample products, for solves in the space of the batch.
 
 Two implementations: :class:`FunctionalLinearization` works for any network through ``torch.func``;
 :class:`MLPChainLinearization` handles chains of ``nn.Linear`` and elementwise activations (the
@@ -31,6 +33,7 @@ __all__ = [
     "BroadcastLinearization",
     "ConcatLinearization",
     "linearize",
+    "gram_matrix",
     "as_chain",
     "module_function",
 ]
@@ -252,6 +255,21 @@ class MLPChainLinearization:
     def per_sample_vjp(self, cotangent: Tensor) -> tuple[Tensor, ...]:
         return self._collect(cotangent, lambda d: d, lambda d, a: d.unsqueeze(2) * a.unsqueeze(1))
 
+    def gram(self, cotangents: Tensor) -> Tensor:
+        """K of :func:`gram_matrix` without per-sample gradients: a layer's weight contributes
+        ⟨δᵢaᵢᵀ, δⱼaⱼᵀ⟩ = (δᵢ·δⱼ)(aᵢ·aⱼ) and its bias δᵢ·δⱼ, so K = Σₗ (ΔₗΔₗᵀ) ∘ (AₗAₗᵀ + 1)."""
+        c = cotangents.shape[0]
+        total: Tensor | None = None
+        for _, has_bias, a_in, delta in self.layers_backward(cotangents):  # δ: (c, n, out), broadcast over c
+            deltas = delta.reshape(-1, delta.shape[-1])
+            inputs = a_in @ a_in.T
+            if has_bias:
+                inputs = inputs + 1.0
+            term = (deltas @ deltas.T) * (inputs if c == 1 else inputs.repeat(c, c))
+            total = term if total is None else total + term
+        assert total is not None
+        return total
+
 
 class BroadcastLinearization:
     """Outputs that are a parameter vector repeated for every sample (e.g. a state-independent log σ)."""
@@ -271,6 +289,10 @@ class BroadcastLinearization:
 
     def squared_vjp_sum(self, cotangent: Tensor) -> tuple[Tensor, ...]:
         return (cotangent.square().sum(0).view_as(self.params[0]),)
+
+    def gram(self, cotangents: Tensor) -> Tensor:
+        rows = cotangents.reshape(-1, cotangents.shape[-1])  # Jᵢᵀu = u: the rows themselves
+        return rows @ rows.T
 
 
 class ConcatLinearization:
@@ -305,6 +327,31 @@ class ConcatLinearization:
 
     def squared_vjp_sum(self, cotangent: Tensor) -> tuple[Tensor, ...]:
         return self._map("squared_vjp_sum", cotangent)
+
+    def gram(self, cotangents: Tensor) -> Tensor:
+        # the parts' parameters are disjoint: their inner products add
+        grams = [gram_matrix(part, u) for part, u in zip(self.parts, torch.split(cotangents, self.widths, dim=-1))]
+        return torch.stack(grams).sum(0)
+
+
+def gram_matrix(linearization: Linearization, cotangents: Tensor) -> Tensor:
+    """K with K₍c,i₎,₍d,j₎ = ⟨Jᵢᵀu_{c,i}, Jⱼᵀu_{d,j}⟩: the Gram matrix of per-sample vector–Jacobian products.
+
+    :param cotangents: (c, n, k): c cotangents per sample (a 2-D (n, k) batch is taken as c = 1)
+    :returns: (c·n, c·n), rows ordered (c, i) — cotangent-major, as ``cotangents.reshape(c·n, k)``
+
+    Chains of Linear layers get it from one batched backward pass (no per-sample gradient is formed);
+    other linearisations stack their per-sample products.
+    """
+    if cotangents.ndim == 2:
+        cotangents = cotangents.unsqueeze(0)
+    own = getattr(linearization, "gram", None)
+    if own is not None:
+        return own(cotangents)
+    rows = torch.cat(
+        [torch.cat([g.reshape(g.shape[0], -1) for g in linearization.per_sample_vjp(u)], dim=1) for u in cotangents]
+    )
+    return rows @ rows.T
 
 
 def linearize(

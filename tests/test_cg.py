@@ -156,3 +156,9 @@ def test_a_float32_solve_to_rounding_level_is_not_called_singular():
     exact = torch.linalg.solve(a.double(), b.double())
     assert torch.allclose(result.x.double(), exact, rtol=1e-3, atol=1e-4)
 
+
+
+def test_metric_and_preconditioner_are_exclusive():
+    a = spd_matrix(5, torch.float64)
+    with pytest.raises(ValueError, match="metric or a preconditioner"):
+        conjugate_gradient(lambda v: a @ v, torch.ones(5, dtype=torch.float64), metric=a, preconditioner=torch.ones(5, dtype=torch.float64))

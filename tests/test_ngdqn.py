@@ -138,9 +138,11 @@ def _dense_reference(
 @pytest.mark.parametrize("curvature_outputs", ["action", "all"])
 @pytest.mark.parametrize("td_loss", ["mse", "huber"])
 @pytest.mark.parametrize("extractor", [FlattenExtractor, LinearExtractor], ids=["mlp-path", "functional-path"])
-def test_one_step_equals_dense_natural_gradient(use_target, curvature_outputs, td_loss, extractor):
+@pytest.mark.parametrize("solver", ["cg", "exact"])
+def test_one_step_equals_dense_natural_gradient(use_target, curvature_outputs, td_loss, extractor, solver):
     model = _float64_model(
         extractor,
+        solver=solver,
         target_network=use_target,
         target_update_interval=100,
         curvature_outputs=curvature_outputs,
@@ -153,7 +155,18 @@ def test_one_step_equals_dense_natural_gradient(use_target, curvature_outputs, t
     stats = model._natural_step(data, 0.7)
     got = torch.cat([p.detach().reshape(-1) for p in model.q_net.parameters()])
     assert stats.cg_residual < 1e-10
+    assert (stats.cg_iterations == 0) == (solver == "exact")
     torch.testing.assert_close(got, expected, rtol=1e-9, atol=1e-10)
+
+
+def test_exact_solve_with_clipped_gradient_equals_dense_step():
+    model = _float64_model(FlattenExtractor, damping=0.3, solver="exact", max_grad_norm=0.05)
+    data = _batch()
+    expected, _, _ = _dense_reference(model, data, lr=0.7, damping=0.3, use_target=False, max_grad_norm=0.05)
+    unclipped, _, _ = _dense_reference(model, data, lr=0.7, damping=0.3, use_target=False)
+    assert (expected - unclipped).abs().max() > 1e-4  # the clipping is active in this test
+    model._natural_step(data, 0.7)
+    torch.testing.assert_close(torch.cat([p.detach().reshape(-1) for p in model.q_net.parameters()]), expected, rtol=1e-9, atol=1e-10)
 
 
 def test_preconditioned_solve_with_clipped_gradient_equals_dense_step():
@@ -164,6 +177,23 @@ def test_preconditioned_solve_with_clipped_gradient_equals_dense_step():
     assert (expected - unclipped).abs().max() > 1e-4  # the clipping is active in this test
     model._natural_step(data, 0.7)
     torch.testing.assert_close(torch.cat([p.detach().reshape(-1) for p in model.q_net.parameters()]), expected, rtol=1e-9, atol=1e-10)
+
+
+@pytest.mark.parametrize("curvature_outputs", ["action", "all"])
+def test_truncated_cg_in_the_batch_space_takes_the_parameter_space_step(curvature_outputs, monkeypatch):
+    """Two CG iterations (far from converged) in the minibatch's space give the step parameter-space CG gives."""
+    steps = {}
+    for space in ("batch", "parameters"):
+        model = _float64_model(FlattenExtractor, damping=0.01, cg_max_steps=2, curvature_outputs=curvature_outputs)
+        if space == "parameters":
+            monkeypatch.setattr(model, "_solves_in_batch_space", lambda rows: False)
+        else:
+            assert model._solves_in_batch_space(12)
+        stats = model._natural_step(_batch(), 0.7)
+        assert stats.cg_iterations == 2 and stats.cg_residual > 1e-3
+        steps[space] = (torch.cat([p.detach().reshape(-1) for p in model.q_net.parameters()]), stats)
+    torch.testing.assert_close(steps["batch"][0], steps["parameters"][0], rtol=1e-9, atol=1e-12)
+    assert steps["batch"][1].cg_residual == pytest.approx(steps["parameters"][1].cg_residual, rel=1e-7)
 
 
 def test_few_cg_iterations_are_not_the_exact_solve():
@@ -177,8 +207,9 @@ def test_few_cg_iterations_are_not_the_exact_solve():
     assert (got - expected).abs().max() > 1e-6
 
 
-def test_target_kl_caps_the_step():
-    model = _float64_model(FlattenExtractor, damping=0.3, cg_max_steps=100, target_kl=1e-4)
+@pytest.mark.parametrize("solver", ["cg", "exact"])
+def test_target_kl_caps_the_step(solver):
+    model = _float64_model(FlattenExtractor, damping=0.3, cg_max_steps=100, target_kl=1e-4, solver=solver)
     data = _batch()
     expected, _, capped_lr = _dense_reference(model, data, lr=0.7, damping=0.3, use_target=False)
     assert capped_lr < 0.7  # the bound is active in this test
@@ -188,9 +219,10 @@ def test_target_kl_caps_the_step():
 
 
 @pytest.mark.parametrize("lr", [0.2, 3.0])
-def test_adaptive_damping_follows_the_levenberg_marquardt_rule(lr):
+@pytest.mark.parametrize("solver", ["cg", "exact"])
+def test_adaptive_damping_follows_the_levenberg_marquardt_rule(lr, solver):
     # A small step is predicted well (ρ ≈ 1: d shrinks); a large one overshoots (ρ < ¼: d grows).
-    model = _float64_model(FlattenExtractor, damping="adaptive_0.3", cg_max_steps=100)
+    model = _float64_model(FlattenExtractor, damping="adaptive_0.3", cg_max_steps=100, solver=solver)
     data = _batch()
     expected, ratio, _ = _dense_reference(model, data, lr=lr, damping=0.3, use_target=False)
     stats = model._natural_step(data, lr)
@@ -348,6 +380,8 @@ def test_command_line_train_then_eval(tmp_path):
         (dict(target_update_interval=0), "target_update_interval"),
         (dict(target_update_interval=None), "target_network=False"),
         (dict(preconditioner="kfac"), "preconditioner"),
+        (dict(solver="cholesky"), "solver"),
+        (dict(solver="exact", preconditioner="diagonal"), "preconditioner"),
         (dict(target_kl=0.0), "target_kl"),
         (dict(max_grad_norm=-1.0), "max_grad_norm"),
     ],

@@ -118,6 +118,13 @@ class NGDQN(CheckpointMixin, DQN):
     :param damping_bounds: (min, max) the adaptive damping is kept in
     :param cg_max_steps: conjugate-gradient iterations per gradient step (matrix-vector products)
     :param cg_tol: relative residual at which conjugate gradient stops early
+    :param solver: how (G + dI) x = ∇L is solved: ``"cg"`` (at most ``cg_max_steps`` CG iterations from
+        x = 0) or ``"exact"``. ∇L lies in the span of the minibatch's Jacobian rows, so both run in the
+        space of the minibatch (n × n; n·k × n·k with ``curvature_outputs="all"``), which the rows' Gram
+        matrix gives from one batched backward pass (``GaussNewtonOperator.batch_space_solve``): CG takes
+        there the iterates it would take in parameter space at a fraction of the cost, and the exact
+        solve is one Cholesky factorisation. CG runs in parameter space instead when preconditioned or
+        when the minibatch has more rows than the network has parameters.
     :param curvature_outputs: ``"action"`` (G of the taken action's Q-value) or ``"all"`` (of all Q-values)
     :param td_loss: ``"mse"`` (½ r², the Gaussian negative log-likelihood) or ``"huber"`` (DQN's smooth L1)
     :param target_kl: bound δ on the quadratic KL model ½η²xᵀ(G + dI)x of a step (None: no bound)
@@ -163,6 +170,7 @@ class NGDQN(CheckpointMixin, DQN):
         damping_bounds: tuple[float, float] = (1e-4, 1e4),
         cg_max_steps: int = 5,
         cg_tol: float = 1e-6,
+        solver: str = "cg",
         curvature_outputs: str = "action",
         td_loss: str = "mse",
         target_kl: float | None = None,
@@ -186,6 +194,8 @@ class NGDQN(CheckpointMixin, DQN):
             raise ValueError(f"cg_max_steps must be at least 1, got {cg_max_steps}")
         if target_kl is not None and not target_kl > 0:
             raise ValueError(f"target_kl must be positive (or None for no bound), got {target_kl}")
+        if solver == "exact" and preconditioner is not None:
+            raise ValueError(f"preconditioner={preconditioner!r} preconditions CG; solver='exact' takes none")
         if max_grad_norm is not None and not max_grad_norm > 0:
             raise ValueError(f"max_grad_norm must be positive (or None for no clipping), got {max_grad_norm}")
         super().__init__(
@@ -225,6 +235,7 @@ class NGDQN(CheckpointMixin, DQN):
         self.damping_value = initial_damping  # the current d (changes when adaptive; saved with the model)
         self.cg_max_steps = cg_max_steps
         self.cg_tol = cg_tol
+        self.solver = solver
         self.curvature_outputs = curvature_outputs
         self.td_loss = td_loss
         self.target_kl = target_kl
@@ -283,6 +294,10 @@ class NGDQN(CheckpointMixin, DQN):
             return 0.5 * residual.square().mean(), residual
         return F.smooth_l1_loss(residual, torch.zeros_like(residual)), residual.clamp(-1.0, 1.0)
 
+    def _solves_in_batch_space(self, rows: int) -> bool:
+        """Whether (G + dI) x = ∇L is solved in the space of the minibatch's ``rows`` Jacobian rows (see ``solver``)."""
+        return self.solver == "exact" or (self.preconditioner is None and rows <= sum(p.numel() for p in self._q_params))
+
     def _natural_step(self, data: ReplayBufferSamples, learning_rate: float) -> StepStats:
         """One step θ ← θ − η (G + dI)⁻¹ ∇L on the minibatch ``data``."""
         params = self._q_params
@@ -305,9 +320,15 @@ class NGDQN(CheckpointMixin, DQN):
         gradient = flatten(linearization.vjp(cotangent))
         rhs = gradient
         if self.max_grad_norm is not None:
-            norm = torch.linalg.vector_norm(gradient)
-            rhs = gradient * torch.clamp(self.max_grad_norm / (norm + 1e-12), max=1.0)
+            clip = torch.clamp(self.max_grad_norm / (torch.linalg.vector_norm(gradient) + 1e-12), max=1.0)
+            rhs, cotangent = gradient * clip, cotangent * clip
 
+        solve = None
+        cg = CGConfig(max_iter=self.cg_max_steps, tol=self.cg_tol)
+        if self._solves_in_batch_space(cotangent.numel() if self.curvature_outputs == "all" else n):
+            # the right-hand side is Bᵀv, B's rows Jᵢᵀe_c (σ = 1): v is the cotangent at those rows, ordered (c, i)
+            by_rows = cotangent.gather(1, actions) if self.curvature_outputs == "action" else cotangent.T
+            solve = curvature.batch_space_solve(by_rows.reshape(-1), cg=cg if self.solver == "cg" else None)
         preconditioner = curvature.diagonal() if self.preconditioner == "diagonal" else None
         if preconditioner is not None and damping == 0:
             preconditioner = preconditioner + 1e-8  # diag(G) may vanish on dead units
@@ -317,8 +338,9 @@ class NGDQN(CheckpointMixin, DQN):
             curvature,
             learning_rate=learning_rate,
             max_kl=self.target_kl,
-            cg=CGConfig(max_iter=self.cg_max_steps, tol=self.cg_tol),
+            cg=cg,
             preconditioner=preconditioner,
+            solve=solve,
             need_quadratic=self.adaptive_damping,
         )
         result, direction, step_size = step.solve, step.direction, step.step_size
