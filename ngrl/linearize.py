@@ -204,6 +204,8 @@ class MLPChainLinearization:
                     a = post
         self.outputs = a.reshape(a.shape[0], -1)
         self._first_linear = next(i for i, op in enumerate(self._ops) if op[0] == "linear")
+        # multiply-adds per pair of rows of :meth:`gram`: δᵢ·δⱼ and aᵢ·aⱼ for every layer
+        self.gram_width = sum(m.in_features + m.out_features for m in linears)
 
     def jvp(self, tangents: Sequence[Tensor]) -> Tensor:
         it = iter(tangents)

@@ -114,3 +114,17 @@ def test_batch_space_solve_checks_the_coefficients():
     curvature = gauss_newton(net, list(net.parameters()), inputs, damping=0.1, output_index=torch.tensor([0, 1, 0, 1]))
     with pytest.raises(ValueError, match="expected 4 coefficients"):
         curvature.batch_space_solve(torch.ones(8, dtype=torch.float64))
+
+
+def test_the_batch_space_is_chosen_where_it_costs_less():
+    """A minibatch of 64 rows of a 64-64 chain: batch space; 1024 rows: parameter space; a network without the
+    chain's Gram shortcut: parameter space unless the minibatch is tiny."""
+    net = q_network(widths=(4, 64, 64, 2))
+    for rows, expected in ((64, True), (1024, False)):
+        inputs = torch.randn(rows, 4, dtype=torch.float64)
+        curvature = gauss_newton(net, list(net.parameters()), inputs, output_index=torch.zeros(rows, dtype=torch.long))
+        assert curvature.batch_space_preferred(5) is expected
+    names = [name for name, _ in net.named_parameters()]
+    generic = gauss_newton(lambda values, x: torch.func.functional_call(net, dict(zip(names, values)), (x,)), list(net.parameters()),
+                           torch.randn(64, 4, dtype=torch.float64), output_index=torch.zeros(64, dtype=torch.long))
+    assert not generic.batch_space_preferred(5)

@@ -185,10 +185,7 @@ def test_truncated_cg_in_the_batch_space_takes_the_parameter_space_step(curvatur
     steps = {}
     for space in ("batch", "parameters"):
         model = _float64_model(FlattenExtractor, damping=0.01, cg_max_steps=2, curvature_outputs=curvature_outputs)
-        if space == "parameters":
-            monkeypatch.setattr(model, "_solves_in_batch_space", lambda rows: False)
-        else:
-            assert model._solves_in_batch_space(12)
+        monkeypatch.setattr(model, "_solves_in_batch_space", lambda curvature, space=space: space == "batch")
         stats = model._natural_step(_batch(), 0.7)
         assert stats.cg_iterations == 2 and stats.cg_residual > 1e-3
         steps[space] = (torch.cat([p.detach().reshape(-1) for p in model.q_net.parameters()]), stats)

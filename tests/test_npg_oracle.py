@@ -63,9 +63,9 @@ def _spy_fisher(model) -> dict:
     original = model._fisher
 
     def spy(*args, **kwargs):
-        fisher, inputs = original(*args, **kwargs)
-        captured["fisher"] = fisher
-        return fisher, inputs
+        built = original(*args, **kwargs)  # (operator, its states, the spectrum estimate or None)
+        captured["fisher"] = built[0]
+        return built
 
     model._fisher = spy
     return captured

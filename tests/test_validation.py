@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from agents import FOMAML, IMAML, NGDQN, NPG, VPG, Reptile
+from agents.ngdqn import BaselineDQN
 from tests.fixtures.custom_envs import EmptyObservations
 
 NAV = "ngrl/Navigation2D-v0"
@@ -19,9 +20,14 @@ BAD_ARGUMENTS = [
     (NPG, "cg_max_steps", 0), (NPG, "cg_tol", math.nan), (NPG, "cg_damping", -1.0), (NPG, "learning_rate", math.nan),
     (NPG, "sub_sampling_factor", 0), (NPG, "line_search_shrinking_factor", 1.0), (NPG, "n_critic_updates", -1),
     (NPG, "policy_kwargs", 5), (NPG, "device", "tpu9"), (NPG, "seed", -1),
+    (NPG, "cg_damping", "rel_"), (NPG, "cg_damping", "rel_-1e-3"), (NPG, "cg_damping", "rel_nan"), (NPG, "cg_damping", "0.1"),
+    (NPG, "log_spectrum", 1), (NPG, "log_spectrum", "yes"),
     (VPG, "step_size", math.inf), (VPG, "batch_size", 0), (VPG, "gamma", 2.0),
     (NGDQN, "learning_rate", math.nan), (NGDQN, "batch_size", 0), (NGDQN, "gamma", -1.0), (NGDQN, "buffer_size", 0),
     (NGDQN, "exploration_final_eps", 1.5), (NGDQN, "cg_max_steps", 0), (NGDQN, "target_update_interval", 0),
+    (NGDQN, "curvature", "newton"), (NGDQN, "adaptive_kwargs", dict(epsilon=2.0)), (NGDQN, "adaptive_kwargs", dict(eps=0.1)),
+    (NGDQN, "adaptive_kwargs", 3), (NPG, "fisher_estimator", "adaptiv"), (NPG, "adaptive_kwargs", dict(structure="diagonal")),
+    (BaselineDQN, "target_network", "no"),
 ]
 
 

@@ -27,7 +27,9 @@ from ngrl import (
     natural_step,
     set_flat_params,
 )
-from ngrl.fisher import KFACOperator, kfac_from_linearization
+from ngrl.fisher import AdaptiveConfig, AdaptiveFisher, KFACOperator, kfac_from_linearization, layer_blocks
+from ngrl.sb3_adapter import FeedForwardActor
+from ngrl.spectral import LanczosEstimate, angle_degrees, largest_eigenvalue, relative_damping
 
 SelfNPG = TypeVar("SelfNPG", bound="NPG")
 
@@ -66,10 +68,19 @@ class NPG(CheckpointMixin, PolicyGradientMixin, RecurrentOnPolicyMixin, OnPolicy
     :param gae_lambda: λ of generalised advantage estimation
     :param target_kl: trust-region radius δ: α = sqrt(2δ / wᵀ(F + λI)w)
     :param fisher_estimator: the curvature F: "exact" (default), "score", "empirical", "diagonal" or "kfac"
-        (see ``ngrl.fisher.policy_fisher``)
+        (see ``ngrl.fisher.policy_fisher``), or "adaptive": no solve, w = Pg with P ≈ (F + λI)⁻¹ the running
+        inverse of Amari, Park & Fukumizu (2000) (``ngrl.fisher.AdaptiveFisher``, kept in the policy's state),
+        stepped once per update, P ← (1 + ε)P − εP(Ŝ + λI)P, on the scores sᵢ = ∇θ log π(ãᵢ|sᵢ) of one action
+        ãᵢ sampled from π at each state the Fisher is taken on (a Fisher estimate, as "score"); the trust
+        region's quadratic model stays the exact Fisher's on those states, α = sqrt(2δ / wᵀ(F + λI)w).
+        Feed-forward policies only, with ``natural_direction="cg"`` and no preconditioner
+    :param adaptive_kwargs: ``ngrl.fisher.AdaptiveConfig`` fields of the "adaptive" estimate (structure, epsilon,
+        schedule, min_epsilon, initial_curvature, guard); None: its defaults
     :param natural_direction: "cg" (conjugate gradient on F) or "cfa" (compatible function approximation)
     :param cg_max_steps: conjugate-gradient iterations per update
-    :param cg_damping: λ added to the Fisher (the ridge of the "cfa" fit)
+    :param cg_damping: λ added to the Fisher (the ridge of the "cfa" fit): a number λ ≥ 0, or ``"rel_<c>"``
+        (e.g. ``"rel_1e-3"``) for λ = c·λ_max(F), λ_max estimated at each update by Lanczos on the undamped
+        Fisher (``spectrum_iterations`` products; ``ngrl.spectral``) and logged as ``train/cg_damping``
     :param cg_tol: relative residual at which conjugate gradient stops early
     :param preconditioner: how CG is preconditioned: None (or "none"), "diagonal" (diag(F) + λ) or
         "kfac" (the Kronecker-factored inverse of the exact Fisher on the same states; MLP actors only)
@@ -82,6 +93,10 @@ class NPG(CheckpointMixin, PolicyGradientMixin, RecurrentOnPolicyMixin, OnPolicy
         with a recurrent policy on every k-th environment's sequence
     :param sequence_length: recurrent policies only: steps per sequence in the critic's minibatches
         (truncated backpropagation through time; must divide n_steps; None: the whole n_steps)
+    :param log_spectrum: log per update ``train/fisher_lambda_max`` (λ_max of the undamped F, by Lanczos),
+        ``train/fisher_condition`` (a lower bound of the condition number of F + λI, the matrix CG solves)
+        and ``train/cg_gradient_angle`` (the angle in degrees between the natural direction and the
+        gradient); costs ``spectrum_iterations`` Fisher products per update
     :param rollout_buffer_class: rollout buffer class (default chosen from the observation space)
     :param rollout_buffer_kwargs: its keyword arguments
     :param stats_window_size: episodes averaged in the rollout logs
@@ -100,6 +115,7 @@ class NPG(CheckpointMixin, PolicyGradientMixin, RecurrentOnPolicyMixin, OnPolicy
         "MlpErnnPolicy": MlpErnnPolicy,
         "CnnErnnPolicy": CnnErnnPolicy,
     }
+    spectrum_iterations: ClassVar[int] = 15  # Lanczos products per update for "rel_<c>" damping and log_spectrum
 
     def __init__(
         self,
@@ -112,9 +128,10 @@ class NPG(CheckpointMixin, PolicyGradientMixin, RecurrentOnPolicyMixin, OnPolicy
         gae_lambda: float = 0.95,
         target_kl: float = 0.01,
         fisher_estimator: str = "exact",
+        adaptive_kwargs: dict[str, Any] | None = None,
         natural_direction: str = "cg",
         cg_max_steps: int = 15,
-        cg_damping: float = 0.1,
+        cg_damping: float | str = 0.1,
         cg_tol: float = 1e-10,
         preconditioner: str | None = None,
         line_search: bool = False,
@@ -124,6 +141,7 @@ class NPG(CheckpointMixin, PolicyGradientMixin, RecurrentOnPolicyMixin, OnPolicy
         normalize_advantage: bool = True,
         sub_sampling_factor: int = 1,
         sequence_length: int | None = None,
+        log_spectrum: bool = False,
         rollout_buffer_class: type | None = None,
         rollout_buffer_kwargs: dict[str, Any] | None = None,
         stats_window_size: int = 100,
@@ -162,6 +180,8 @@ class NPG(CheckpointMixin, PolicyGradientMixin, RecurrentOnPolicyMixin, OnPolicy
             check_spaces(self.observation_space, self.action_space)
         if natural_direction not in ("cg", "cfa"):
             raise ValueError(f"natural_direction must be 'cg' or 'cfa', got {natural_direction!r}")
+        if fisher_estimator == "adaptive" and (natural_direction != "cg" or preconditioner not in (None, "none")):
+            raise ValueError("fisher_estimator='adaptive' gives the direction itself: use natural_direction='cg' and no preconditioner")
         if target_kl <= 0:
             raise ValueError("target_kl must be positive")
         if preconditioner == "none":
@@ -177,6 +197,7 @@ class NPG(CheckpointMixin, PolicyGradientMixin, RecurrentOnPolicyMixin, OnPolicy
         self.batch_size = batch_size
         self.target_kl = target_kl
         self.fisher_estimator = fisher_estimator
+        self.adaptive_kwargs = adaptive_kwargs
         self.natural_direction = natural_direction
         self.cg_max_steps = cg_max_steps
         self.cg_damping = cg_damping
@@ -189,6 +210,7 @@ class NPG(CheckpointMixin, PolicyGradientMixin, RecurrentOnPolicyMixin, OnPolicy
         self.normalize_advantage = normalize_advantage
         self.sub_sampling_factor = sub_sampling_factor
         self.sequence_length = sequence_length
+        self.log_spectrum = log_spectrum
         if _init_setup_model:
             self._setup_model()
 
@@ -199,15 +221,46 @@ class NPG(CheckpointMixin, PolicyGradientMixin, RecurrentOnPolicyMixin, OnPolicy
         self._setup_actor()
         if self.preconditioner == "kfac" and not self._actor.supports_kfac:
             raise ValueError("preconditioner='kfac' needs an MLP actor; with a recurrent policy use None or 'diagonal'")
+        if self.fisher_estimator == "adaptive":  # a policy buffer: saved, loaded and moved with the policy
+            if not isinstance(self._actor, FeedForwardActor):  # a sequence's rows share their history: no per-state scores
+                raise ValueError("fisher_estimator='adaptive' needs per-state scores: use a feed-forward policy")
+            config = AdaptiveConfig(**(self.adaptive_kwargs or {}))
+            self.policy.add_module("adaptive_fisher", AdaptiveFisher(self._actor_params, config, layer_blocks(self.policy, self._actor_params)))
 
-    def _fisher(self, inputs: Any, actions: torch.Tensor):
-        """The Fisher operator over the actor's parameters on every ``sub_sampling_factor``-th state, and those states.
+    def _fisher(self, inputs: Any, actions: torch.Tensor) -> tuple[Any, Any, LanczosEstimate | None]:
+        """F + λI over the actor's parameters on every ``sub_sampling_factor``-th state, those states, and F's spectrum.
 
         "Every k-th state" is the view's: every k-th observation, or every k-th whole sequence of a recurrent actor.
+        The spectrum (Lanczos on the undamped F) is estimated only when ``cg_damping="rel_<c>"`` (λ = c·λ_max(F))
+        or ``log_spectrum`` asks for it; otherwise it is None and nothing beyond the operator is computed.
+        The operator's ``damping`` is the resolved λ: every later use of λ in the update reads it there.
         """
         inputs, actions = self._actor.subsample(inputs, actions, self.sub_sampling_factor)
-        fisher = self._actor.fisher(inputs, estimator=self.fisher_estimator, actions=actions, damping=self.cg_damping)
-        return fisher, inputs
+        estimator = "exact" if self.fisher_estimator == "adaptive" else self.fisher_estimator  # adaptive: F of the KL model
+        factor = relative_damping(self.cg_damping)
+        if factor is None and not self.log_spectrum:
+            fisher = self._actor.fisher(inputs, estimator=estimator, actions=actions, damping=self.cg_damping)
+            return fisher, inputs, None
+        fisher = self._actor.fisher(inputs, estimator=estimator, actions=actions)  # undamped: λ_max(F) first
+        # a start vector fixed by the update's number: deterministic, and the global random state is left alone
+        spectrum = largest_eigenvalue(fisher, iterations=self.spectrum_iterations, generator=self._n_updates)
+        # set on this freshly built operator before anything reads it (damping lives in the operator)
+        fisher.damping = float(self.cg_damping) if factor is None else factor * max(spectrum.largest, 0.0)
+        return fisher, inputs, spectrum
+
+    def _adaptive_solve(self, gradient: torch.Tensor, fisher: Any, fisher_obs: Any) -> CGResult:
+        """Amari's running P ≈ (F + λI)⁻¹, stepped on the scores of one action sampled from π at each of ``fisher_obs``, then w = Pg.
+
+        (w is returned sized for ``fisher``'s quadratic model, which the trust-region rule ignores: α fixes the length.)
+        """
+        linearization = getattr(fisher, "linearization", None) or self._actor.linearization(fisher_obs)
+        family = self._actor.family
+        with torch.no_grad():
+            sampled = family.sample(linearization.outputs)
+        score = family.score_cotangent(linearization.outputs, sampled)  # gᵢ = ∇z log π(ãᵢ|zᵢ): sᵢ = Jᵢᵀgᵢ
+        update = self.policy.adaptive_fisher.update(linearization, score.unsqueeze(-1), damping=fisher.damping)
+        self.logger.record("train/adaptive_epsilon", update.smallest_epsilon)
+        return self.policy.adaptive_fisher.solve(gradient, fisher)
 
     def _compatible_fit(self, obs: Any, actions: torch.Tensor, advantages: torch.Tensor, fisher: Any, fisher_obs: Any) -> CGResult:
         """Natural actor-critic: regress Â on ψ = ∇log π(a|s) with ridge λ; the least-squares weights are (F + λI)⁻¹g."""
@@ -216,7 +269,7 @@ class NPG(CheckpointMixin, PolicyGradientMixin, RecurrentOnPolicyMixin, OnPolicy
             linearization = self._actor.linearization(obs)
         score = self._actor.family.score_cotangent(linearization.outputs, actions)
         result = fit_compatible_advantage(
-            linearization, score, advantages, ridge=self.cg_damping, cg_max_iter=self.cg_max_steps, cg_tol=self.cg_tol
+            linearization, score, advantages, ridge=fisher.damping, cg_max_iter=self.cg_max_steps, cg_tol=self.cg_tol
         )
         return result.raise_if_not_positive_definite()
 
@@ -231,7 +284,7 @@ class NPG(CheckpointMixin, PolicyGradientMixin, RecurrentOnPolicyMixin, OnPolicy
         # KFAC of the exact Fisher (expectation over actions in closed form) of the states F was taken on.
         linearization = getattr(fisher, "linearization", None) or self._actor.linearization(fisher_obs)
         root = self._actor.family.fisher_sqrt(linearization.outputs)
-        return kfac_from_linearization(linearization, root, self._actor_params, self.cg_damping).solve
+        return kfac_from_linearization(linearization, root, self._actor_params, fisher.damping).solve
 
     def train(self) -> PolicyUpdate:
         """One natural-gradient step of the actor on the whole rollout, then the critic's epochs."""
@@ -251,10 +304,12 @@ class NPG(CheckpointMixin, PolicyGradientMixin, RecurrentOnPolicyMixin, OnPolicy
 
         objective = surrogate(outputs)
         gradient = flat_grad(objective, params)
-        fisher, fisher_inputs = self._fisher(actor_inputs, actions)  # F + λI (the damping is in the operator)
+        fisher, fisher_inputs, spectrum = self._fisher(actor_inputs, actions)  # F + λI (the damping is in the operator)
         solve = None
         if self.natural_direction == "cfa":
             solve = self._compatible_fit(actor_inputs, actions, advantages, fisher, fisher_inputs)
+        elif self.fisher_estimator == "adaptive":
+            solve = self._adaptive_solve(gradient, fisher, fisher_inputs)
         theta_old = get_flat_params(params)
 
         @torch.no_grad()
@@ -292,6 +347,13 @@ class NPG(CheckpointMixin, PolicyGradientMixin, RecurrentOnPolicyMixin, OnPolicy
         self.logger.record("train/surrogate_improvement", new_objective - objective.item())
         self.logger.record("train/value_loss", value_loss)
         self.logger.record("train/explained_variance", float(explained_var))
+        if relative_damping(self.cg_damping) is not None:
+            self.logger.record("train/cg_damping", fisher.damping)  # the λ = c·λ_max(F) this update used
+        if self.log_spectrum:
+            self.logger.record("train/fisher_lambda_max", spectrum.largest)
+            # of F + λI, the matrix CG solves: Ritz values lie inside the spectrum, so this is ≤ the true one
+            self.logger.record("train/fisher_condition", spectrum.condition_number(fisher.damping))
+            self.logger.record("train/cg_gradient_angle", angle_degrees(step.direction, gradient))
         self.logger.record("train/n_updates", self._n_updates, exclude="tensorboard")
         return PolicyUpdate(batch, kl, result.iterations)
 

@@ -7,6 +7,7 @@ SB3-free: the Fisher of an SB3 policy is taken through its actor view (:mod:`ngr
 
 from typing import Any
 
+from ngrl.fisher.adaptive import AdaptiveConfig, AdaptiveFisher, AdaptiveOperator, AdaptiveUpdate, layer_blocks
 from ngrl.fisher.distributions import OutputDistribution, from_sb3
 from ngrl.fisher.gauss_newton import gauss_newton
 from ngrl.fisher.kfac import KFACOperator, kfac_from_linearization
@@ -22,6 +23,10 @@ from ngrl.fisher.estimators import ESTIMATORS, fisher_from_linearization
 
 __all__ = [
     "ESTIMATORS",
+    "AdaptiveConfig",
+    "AdaptiveFisher",
+    "AdaptiveOperator",
+    "AdaptiveUpdate",
     "ActorOutputs",
     "CurvatureOperator",
     "DiagonalOperator",
@@ -36,6 +41,7 @@ __all__ = [
     "from_sb3",
     "gauss_newton",
     "kfac_from_linearization",
+    "layer_blocks",
     "policy_distribution",
     "policy_fisher",
     "policy_linearization",

@@ -104,6 +104,18 @@ class GaussNewtonOperator(CurvatureOperator):
         jv = lin.jvp(unflatten(v, lin.params))
         return flatten(lin.vjp(self._output_mv(jv) * self._scale))
 
+    def batch_space_preferred(self, cg_iterations: int) -> bool:
+        """Whether :meth:`batch_space_solve` with ``cg_iterations`` CG iterations costs less than CG through the network.
+
+        A flop model: CG through the network spends about 4·m·p multiply-adds per iteration (a jvp and a vjp
+        over the batch, p parameters); the batch space spends m²·w on its Gram matrix for a chain of Linear
+        layers (w = Σ over layers of fan-in + fan-out) and m²·p for other networks (per-sample products),
+        and m² per iteration. Batch space when its cost is below half the other's (m = rows of B).
+        """
+        rows = self.linearization.outputs.shape[0] * (self._output_sqrt().shape[-1] if self._output_sqrt else 1)
+        width = getattr(self.linearization, "gram_width", self.num_params)
+        return rows * (width + cg_iterations) < 2 * cg_iterations * self.num_params
+
     def batch_space_solve(self, coefficients: Tensor, cg: CGConfig | None = None) -> CGResult:
         """Solve (C + λI) x = Bᵀv in the space of the batch, B never formed.
 
