@@ -762,3 +762,116 @@ def test_a_loaded_meta_learner_continues_training_without_env(tmp_path):
     before = loaded.num_timesteps
     loaded.learn(loaded.meta_batch_size * loaded.n_steps, reset_num_timesteps=False)
     assert loaded.num_timesteps > before and loaded.env.num_envs == loaded.meta_batch_size
+
+
+# --- task families passed the way SB3 takes envs -------------------------------------------------------
+
+FAMILY_FORMS = ["id", "instance", "class", "factory", "vec_env"]
+
+
+def _family(form: str, n_envs: int):
+    """The family in each form: a registered id (the line-goal family), or a user's own family (not registered)."""
+    from tests.fixtures.custom_families import PointToTarget, make_point_to_target
+
+    return {
+        "id": lambda: "ngrl/LineGoal-v0",
+        "instance": PointToTarget,
+        "class": lambda: PointToTarget,
+        "factory": lambda: make_point_to_target,
+        "vec_env": lambda: make_vec_env(PointToTarget, n_envs=n_envs),  # a DummyVecEnv of an unregistered env
+    }[form]()
+
+
+@pytest.mark.parametrize("form", FAMILY_FORMS)
+def test_every_family_form_trains_adapts_and_evaluates_without_env(form):
+    model = Reptile("MlpPolicy", _family(form, TINY["meta_batch_size"]), inner_updates=1, **TINY)
+    model.learn(2 * 32)  # one meta-iteration: 2 tasks × one rollout of 32 steps (Reptile needs no test rollouts)
+    assert model.num_timesteps == 64 and model._n_updates == 1
+    tasks = model.sample_tasks(3)
+    agent = model.adapt(tasks[0], n_updates=1, seed=0)  # no env=: made from the learner's own family
+    assert isinstance(agent, NPG) and agent.env.num_envs == 1
+    assert agent.env.env_method("get_task")[0] == pytest.approx(tasks[0])
+    assert (get_flat_params(actor_parameters(agent.policy)) - get_flat_params(model._actor_params)).norm() > 1e-4
+    set_random_seed(1)
+    own = model.evaluate_adaptation(tasks, n_updates=[0, 1], seed=5)
+    assert sorted(own) == [0, 1] and own[0].shape == own[1].shape == (3,)
+    # the family given again through env=, in the same form
+    agent = model.adapt(tasks[1], n_updates=0, env=_family(form, 1))
+    assert agent.env.num_envs == 1 and agent.env.env_method("get_task")[0] == pytest.approx(tasks[1])
+    set_random_seed(1)
+    given = model.evaluate_adaptation(tasks, n_updates=[0, 1], seed=5, env=_family(form, 2))
+    if form == "vec_env":  # 3 tasks on 2 sub-envs: two groups, the last padded
+        assert given[1].shape == (3,) and np.all(np.isfinite(given[1]))
+    else:  # the same envs, seeds and torch draws as the learner's own family: the same returns
+        for k in own:
+            np.testing.assert_array_equal(given[k], own[k])
+
+
+def test_a_family_instance_is_copied_and_never_used():
+    from tests.fixtures.custom_families import PointToTarget
+
+    instance = PointToTarget()
+    model = FOMAML("MlpPolicy", instance, inner_updates=1, **TINY)
+    instance.set_task({"target": -0.9})  # changed after construction: the learner keeps the copy it took
+    model.learn(2 * 2 * 32)
+    model.adapt(model.sample_tasks(1)[0], n_updates=1)
+    model.evaluate_adaptation(model.sample_tasks(2), n_updates=[1])
+    model.evaluate_adaptation(model.sample_tasks(2), n_updates=[1], env=instance)
+    assert instance.steps_taken == 0 and instance._np_random is None  # never stepped, reset or seeded
+    assert instance.get_task() == {"target": -0.9}  # never given a task
+    assert model._task_env(1, seed=0).env_method("get_task")[0] == {"target": 0.5}  # copies of the instance as given
+    assert all(steps > 0 for steps in model.env.get_attr("steps_taken"))  # the copies were the ones stepped
+
+
+def test_class_and_factory_families_take_env_kwargs():
+    from tests.fixtures.custom_families import make_point_to_target
+
+    model = Reptile("MlpPolicy", make_point_to_target, env_kwargs={"horizon": 4}, **TINY)
+    assert model.env.get_attr("horizon") == [4, 4]
+    assert model.adapt(model.sample_tasks(1)[0], n_updates=0).env.get_attr("horizon") == [4]
+
+
+def test_a_learner_that_cannot_copy_its_vec_env_asks_for_env(tmp_path):
+    from stable_baselines3.common.vec_env import VecMonitor
+
+    from tests.fixtures.custom_families import PointToTarget
+
+    venv = VecMonitor(make_vec_env(PointToTarget, n_envs=2))  # a wrapper: copies of a sub-env would skip it
+    model = Reptile("MlpPolicy", venv, **TINY)
+    task = model.sample_tasks(1)[0]
+    with pytest.raises(ValueError, match="cannot make envs of its task family.*env="):
+        model.adapt(task)
+    assert model.adapt(task, n_updates=0, env=PointToTarget).env.env_method("get_task")[0] == task
+    assert model.evaluate_adaptation([task] * 3, n_updates=[0], env=venv)[0].shape == (3,)
+    # a checkpoint holds no code: a learner built from a class is loaded without it, and given its family again
+    Reptile("MlpPolicy", PointToTarget, **TINY).save(tmp_path / "m.zip")
+    loaded = Reptile.load(tmp_path / "m.zip")
+    assert loaded.env_id is None
+    with pytest.raises(ValueError, match="loaded without its family"):
+        loaded.evaluate_adaptation([task], n_updates=[0])
+    loaded.set_env(make_vec_env(PointToTarget, n_envs=2))
+    assert loaded.evaluate_adaptation([task], n_updates=[0, 1])[1].shape == (1,)
+
+
+def test_an_object_that_is_not_a_family_is_explained():
+    from tests.fixtures.custom_envs import GoLeft
+    from tests.fixtures.custom_families import FamilyWithoutGetTask, PointToTarget
+
+    everything = r"is not a task family: it has no sample_tasks, set_task, get_task \(.*envs\.ParameterTaskFamily"
+    for env in (GoLeft(), GoLeft, lambda: GoLeft(length=3), make_vec_env(GoLeft, n_envs=2), "CartPole-v1"):
+        with pytest.raises(ValueError, match=everything):
+            Reptile("MlpPolicy", env, **TINY)
+    with pytest.raises(ValueError, match=r"FamilyWithoutGetTask is not a task family: it has no get_task \("):
+        Reptile("MlpPolicy", FamilyWithoutGetTask, **TINY)
+    with pytest.raises(ValueError, match="an env id, a gymnasium.Env instance, an env class or zero-argument factory, or a VecEnv; got int"):
+        Reptile("MlpPolicy", 3, **TINY)
+    with pytest.raises(ValueError, match="cannot apply to an env instance"):
+        Reptile("MlpPolicy", PointToTarget(), env_kwargs={"horizon": 4}, **TINY)
+    model = Reptile("MlpPolicy", PointToTarget, **TINY)
+    task = model.sample_tasks(1)[0]
+    with pytest.raises(ValueError, match=everything):
+        model.adapt(task, env=GoLeft)
+    with pytest.raises(ValueError, match=everything):
+        model.evaluate_adaptation([task], env=make_vec_env(GoLeft, n_envs=1))
+    with pytest.raises(ValueError, match="single sub-env, got 2"):
+        model.adapt(task, env=make_vec_env(PointToTarget, n_envs=2))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import importlib.util
 import warnings
 
@@ -14,8 +15,10 @@ from stable_baselines3.common.env_checker import check_env
 import envs  # noqa: F401  registers the ngrl/ ids
 from envs import ParameterTaskFamily, TaskResampling, task_family_methods
 
-FAMILIES = ["ngrl/Navigation2D-v0", "ngrl/CartPoleDynamics-v0", "ngrl/PendulumDynamics-v0", "ngrl/TargetBandit-v0"]
-REWARD_FAMILIES = ("ngrl/Navigation2D-v0", "ngrl/HalfCheetahVel-v0", "ngrl/TargetBandit-v0")  # the task is in the reward
+FAMILIES = ["ngrl/Navigation2D-v0", "ngrl/CartPoleDynamics-v0", "ngrl/PendulumDynamics-v0", "ngrl/TargetBandit-v0",
+            "ngrl/LineGoal-v0", "ngrl/CartPoleActuator-v0", "ngrl/Navigation2DAxes-v0"]
+# the task is in the reward
+REWARD_FAMILIES = ("ngrl/Navigation2D-v0", "ngrl/HalfCheetahVel-v0", "ngrl/TargetBandit-v0", "ngrl/LineGoal-v0")
 HAS_MUJOCO = importlib.util.find_spec("mujoco") is not None
 if HAS_MUJOCO:
     FAMILIES.append("ngrl/HalfCheetahVel-v0")
@@ -169,3 +172,147 @@ def test_task_resampling_draws_a_task_per_episode():
     again = TaskResampling(_make("ngrl/Navigation2D-v0"))
     again.reset(seed=7)
     assert task_family_methods(again)[2]() == first
+
+
+# --- families whose tasks need different policies -------------------------------------------------
+
+NEEDS_ADAPTATION = {  # id: two tasks whose optimal actions differ
+    "ngrl/LineGoal-v0": ({"goal": 0.5}, {"goal": -0.5}),
+    "ngrl/CartPoleActuator-v0": ({"gain": 0.8, "direction": 1.0}, {"gain": 1.2, "direction": -1.0}),
+    "ngrl/Navigation2DAxes-v0": ({"angle": 0.0, "mirror": 1.0}, {"angle": np.pi, "mirror": 1.0}),
+}
+
+
+@pytest.mark.parametrize("env_id", NEEDS_ADAPTATION)
+def test_task_round_trip_persists_across_resets(env_id):
+    env = _make(env_id)
+    sample, set_task, get_task = task_family_methods(env)
+    env.reset(seed=0)
+    for task in sample(4):
+        set_task(task)
+        assert get_task() == task
+        env.reset(seed=1)
+        env.step(env.action_space.sample())
+        env.reset()
+        assert get_task() == task
+
+
+def test_discrete_task_entries_take_their_listed_values():
+    actuator, axes = _make("ngrl/CartPoleActuator-v0"), _make("ngrl/Navigation2DAxes-v0")
+    actuator.reset(seed=0)
+    axes.reset(seed=0)
+    actuator_tasks, axes_tasks = task_family_methods(actuator)[0](400), task_family_methods(axes)[0](400)
+    directions = np.array([t["direction"] for t in actuator_tasks])
+    mirrors = np.array([t["mirror"] for t in axes_tasks])
+    for flags in (directions, mirrors):
+        assert set(flags) == {-1.0, 1.0} and 0.4 < np.mean(flags > 0) < 0.6
+    assert all(0.5 <= t["gain"] <= 1.5 for t in actuator_tasks)
+    assert all(-np.pi <= t["angle"] <= np.pi for t in axes_tasks)
+
+
+def test_parameter_family_choices_and_their_errors():
+    family = ParameterTaskFamily(Continuous_MountainCarEnv(), {"power": (0.001, 0.003)}, choices={"goal_position": [0.3, 0.45]})
+    assert family.names == ("power", "goal_position")
+    family.reset(seed=0)
+    tasks = family.sample_tasks(50)
+    assert {t["goal_position"] for t in tasks} == {0.3, 0.45}
+    family.set_task(tasks[0])
+    assert family.unwrapped.goal_position == tasks[0]["goal_position"] and family.get_task() == tasks[0]
+    with pytest.raises(ValueError, match="both ranges and choices"):
+        ParameterTaskFamily(Continuous_MountainCarEnv(), {"power": (0.001, 0.003)}, choices={"power": [0.001]})
+    with pytest.raises(ValueError, match="non-empty"):
+        ParameterTaskFamily(Continuous_MountainCarEnv(), {}, choices={"power": []})
+    with pytest.raises(ValueError, match="no attribute 'gaol'"):
+        ParameterTaskFamily(Continuous_MountainCarEnv(), {}, choices={"gaol": [1.0]})
+
+
+def test_line_goal_moves_and_pays_the_distance():
+    env = _make("ngrl/LineGoal-v0")
+    task_family_methods(env)[1]({"goal": -0.35})
+    obs, _ = env.reset(seed=0)
+    np.testing.assert_array_equal(obs, [0.0])  # the goal is not observed
+    obs, reward, terminated, truncated, _ = env.step(np.array([-3.0]))  # clipped to −1, scaled by 0.1
+    np.testing.assert_allclose(obs, [-0.1], atol=1e-7)
+    assert reward == pytest.approx(-0.25) and not terminated and not truncated
+    for _ in range(29):
+        *_, truncated, _ = env.step(np.array([0.0]))
+    assert truncated  # horizon 30
+
+
+def test_cartpole_actuator_is_cartpole_with_the_signed_scaled_force():
+    """The family's dynamics equal gymnasium's CartPole run with force_mag = direction · gain · 10 (computed by CartPole)."""
+    from gymnasium.envs.classic_control.cartpole import CartPoleEnv
+
+    family = _make("ngrl/CartPoleActuator-v0")
+    task_family_methods(family)[1]({"gain": 0.7, "direction": -1.0})
+    reference = CartPoleEnv()
+    reference.force_mag = -7.0
+    obs, _ = family.reset(seed=3)
+    ref_obs, _ = reference.reset(seed=3)
+    np.testing.assert_array_equal(obs, ref_obs)
+    for action in (1, 1, 0, 1, 0, 0):
+        obs, *_ = family.step(action)
+        ref_obs, *_ = reference.step(action)
+        np.testing.assert_array_equal(obs, ref_obs)
+    assert not np.allclose(obs, CartPoleEnv().reset(seed=3)[0])  # the steps moved the cart
+
+
+def test_navigation_axes_moves_by_the_turned_controls():
+    env = _make("ngrl/Navigation2DAxes-v0")
+    task_family_methods(env)[1]({"angle": np.pi / 2, "mirror": -1.0})
+    start, _ = env.reset(seed=0)
+    assert np.all(np.abs(start) <= 0.5) and np.any(start != 0)
+    # R(π/2)·diag(1, −1): the first control moves along +y, the second along +x
+    obs, reward, *_ = env.step(np.array([1.0, 0.0]))
+    np.testing.assert_allclose(obs - start, [0.0, 0.1], atol=1e-6)
+    moved, reward, *_ = env.step(np.array([0.0, 1.0]))
+    np.testing.assert_allclose(moved - obs, [0.1, 0.0], atol=1e-6)
+    assert reward == pytest.approx(-np.linalg.norm(moved), abs=1e-6)
+
+
+def _best_first_action(env: gym.Env, candidates, horizon: int):
+    """The first action of the best action sequence of ``horizon`` steps from the env's state (exhaustive search on copies)."""
+    def best_return(node: gym.Env, depth: int) -> float:
+        if depth == 0:
+            return 0.0
+        values = []
+        for action in candidates:
+            child = copy.deepcopy(node)
+            _, reward, terminated, _, _ = child.step(action)
+            values.append(reward + (0.0 if terminated else best_return(child, depth - 1)))
+        return max(values)
+
+    returns = []
+    for action in candidates:
+        child = copy.deepcopy(env)
+        _, reward, terminated, _, _ = child.step(action)
+        returns.append(reward + (0.0 if terminated else best_return(child, horizon - 1)))
+    best = max(returns)
+    return [action for action, value in zip(candidates, returns) if value == best]
+
+
+def test_the_optimal_action_at_a_state_changes_sign_between_tasks():
+    """For each family, two tasks whose optimal first actions at the same state have opposite signs (found by exhaustive
+    search over a short horizon): no memoryless policy can be optimal on both."""
+    grid = [np.array([a]) for a in (-1.0, -0.5, 0.0, 0.5, 1.0)]
+    plane = [np.array([a, b]) for a in (-1.0, 0.0, 1.0) for b in (-1.0, 0.0, 1.0)]
+    best = {}
+    for env_id, tasks in NEEDS_ADAPTATION.items():
+        for k, task in enumerate(tasks):
+            env = _make(env_id)
+            task_family_methods(env)[1](task)
+            env.reset(seed=0)
+            if env_id == "ngrl/LineGoal-v0":
+                best[env_id, k] = _best_first_action(env, grid, horizon=3)
+            elif env_id == "ngrl/CartPoleActuator-v0":
+                env.unwrapped.state = np.array([0.0, 0.0, 0.1, 1.2])  # the pole leans and falls right: one push saves it
+                best[env_id, k] = _best_first_action(env.unwrapped, [0, 1], horizon=10)
+            else:
+                env.unwrapped._position = np.array([0.3, -0.2])
+                best[env_id, k] = _best_first_action(env, plane, horizon=2)
+    assert [a.tolist() for a in best["ngrl/LineGoal-v0", 0]] == [[1.0]] and [a.tolist() for a in best["ngrl/LineGoal-v0", 1]] == [[-1.0]]
+    assert best["ngrl/CartPoleActuator-v0", 0] == [1] and best["ngrl/CartPoleActuator-v0", 1] == [0]  # push right / push left
+    first, second = best["ngrl/Navigation2DAxes-v0", 0], best["ngrl/Navigation2DAxes-v0", 1]
+    assert len(first) == len(second) == 1
+    np.testing.assert_array_equal(first[0], [-1.0, 1.0])  # towards the origin from (0.3, −0.2)
+    np.testing.assert_array_equal(second[0], -first[0])  # the controls turned by π: the opposite action

@@ -5,9 +5,10 @@ from __future__ import annotations
 import inspect
 import time
 from dataclasses import dataclass
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, ClassVar, TypeVar
 
+import gymnasium as gym
 import numpy as np
 import torch
 from gymnasium import spaces
@@ -23,12 +24,13 @@ from stable_baselines3.common.vec_env import DummyVecEnv, SubprocVecEnv, VecEnv,
 import envs  # noqa: F401  (registers the ngrl/ task families)
 from agents.arguments import check_arguments, check_spaces
 from agents.common import CheckpointMixin, critic_parameters
+from agents.meta.family import family_vec_env, missing_vec_family_methods, sub_env_copies
 from agents.meta.rollouts import collect_task_rollouts
 from agents.meta.vpg import VPG
 from agents.policy_gradient import PolicyGradientBatch, PolicyUpdate
 from agents.npg import NPG
 from agents.recurrent import CnnErnnPolicy, MlpErnnPolicy
-from envs.task_family import Task, check_task
+from envs.task_family import FamilyLike, Task, check_task, family_target, not_a_family_message
 from ngrl import get_flat_params, set_flat_params
 from ngrl.sb3_adapter import actor_parameters
 
@@ -88,8 +90,12 @@ class MetaLearner(CheckpointMixin, BaseAlgorithm):
     :param policy: the policy model ("MlpPolicy", "CnnPolicy", "MultiInputPolicy", or the recurrent
         "MlpErnnPolicy"/"CnnErnnPolicy" with ``policy_kwargs=dict(cell="ernn"|"lstm"|"gru")``: each task's
         rollouts then carry the policy's state, reset at episode starts; or a class)
-    :param env: a task family: an env id (made with ``meta_batch_size`` sub-envs) or a VecEnv with one
-        sub-env per task whose envs expose ``sample_tasks``/``set_task``/``get_task``
+    :param env: a task family (an env exposing ``sample_tasks``/``set_task``/``get_task``), given as SB3 takes envs:
+        an env id, an env instance (deep-copied once, then once per sub-env: the instance itself is never stepped or
+        given a task), an env class or factory (called with ``env_kwargs``), each made into ``meta_batch_size``
+        sub-envs; or a VecEnv with one sub-env per task. :meth:`adapt` and :meth:`evaluate_adaptation` make their
+        envs from the same family (for a VecEnv: from its registered id, or copies of its first sub-env when it is a
+        ``DummyVecEnv``). An id is saved with the learner; a class, factory or instance is not (no code in checkpoints)
     :param learning_rate: the outer step (meaning set by the subclass; constant or schedule)
     :param inner_algo: "npg" (natural policy gradient, default), "vpg" (vanilla policy gradient) or an
         OnPolicyAlgorithm class whose ``train()`` makes one update from its rollout buffer (FOMAML and
@@ -102,8 +108,8 @@ class MetaLearner(CheckpointMixin, BaseAlgorithm):
     :param gae_lambda: λ of generalised advantage estimation
     :param inner_kwargs: keyword arguments of the inner algorithm (e.g. ``target_kl``, ``step_size``)
     :param critic_step_size: interpolation factor of the critic's meta-update
-    :param env_kwargs: keyword arguments of the env when it is given by id
-    :param vec_env_class: "dummy" or "subproc" when the env is given by id
+    :param env_kwargs: keyword arguments of the env when it is given by id, class or factory
+    :param vec_env_class: "dummy" or "subproc" when the env is not given as a VecEnv
     :param tensorboard_log: tensorboard log folder (None: no tensorboard)
     :param policy_kwargs: keyword arguments of the policy
     :param verbose: 0 silent, 1 info, 2 debug
@@ -168,26 +174,26 @@ class MetaLearner(CheckpointMixin, BaseAlgorithm):
         self.env_id: str | None = None
         self.env_kwargs = dict(env_kwargs or {})
         self.vec_env_class = vec_env_class
-        if isinstance(env, str):
-            self.env_id = env
-            env = make_vec_env(env, n_envs=meta_batch_size, env_kwargs=self.env_kwargs, vec_env_cls=VEC_ENV_CLASSES[vec_env_class])
-        elif env is not None and not isinstance(env, VecEnv):
-            raise ValueError("pass the task family as an env id or as a VecEnv with one sub-env per task (meta_batch_size sub-envs)")
-        if isinstance(env, VecEnv):
+        # The family's class, factory or instance copies, from which adapt and evaluate_adaptation make envs (not saved:
+        # a checkpoint holds no code; a loaded learner rebuilds from env_id, or is given its family again).
+        self._family_factory: Callable[..., gym.Env] | None = None
+        if env is not None and not isinstance(env, VecEnv):
+            target = family_target(env, self.env_kwargs)
+            if isinstance(target, str):
+                self.env_id = target
+            else:
+                self._family_factory = target
+            env = family_vec_env(target, meta_batch_size, env_kwargs=self.env_kwargs, vec_env_cls=VEC_ENV_CLASSES[vec_env_class])
+        elif isinstance(env, VecEnv):
             if isinstance(env, VecNormalize):
                 raise ValueError("VecNormalize is not supported by the meta-learners: its running statistics would mix tasks")
             if _init_setup_model and env.num_envs != meta_batch_size:
                 raise ValueError(f"the VecEnv has {env.num_envs} sub-envs but meta_batch_size={meta_batch_size}: one sub-env per task")
-            if self.env_id is None:
-                spec = env.get_attr("spec", indices=[0])[0]
-                self.env_id = spec.id if spec is not None else None
-            try:
-                env.get_attr("sample_tasks", indices=[0])
-            except AttributeError as error:
-                raise ValueError(
-                    "the env is not a task family (no sample_tasks/set_task/get_task): use e.g. ngrl/Navigation2D-v0, "
-                    "or wrap your env with envs.ParameterTaskFamily(env, {'attribute': (low, high)})"
-                ) from error
+            missing = missing_vec_family_methods(env)
+            if missing:
+                raise ValueError(not_a_family_message("the VecEnv's sub-env", missing))
+            spec = env.get_attr("spec", indices=[0])[0]
+            self.env_id = spec.id if spec is not None else None
         super().__init__(
             policy,
             env,
@@ -227,7 +233,7 @@ class MetaLearner(CheckpointMixin, BaseAlgorithm):
         self._learners = [self._make_learner() for _ in range(self.meta_batch_size)]
 
     def _excluded_save_params(self) -> list[str]:
-        return [*super()._excluded_save_params(), "_actor_params", "_critic_params", "_learners"]
+        return [*super()._excluded_save_params(), "_actor_params", "_critic_params", "_learners", "_family_factory"]
 
     def _get_torch_save_params(self) -> tuple[list[str], list[str]]:
         return ["policy", "policy.optimizer"], []
@@ -400,14 +406,47 @@ class MetaLearner(CheckpointMixin, BaseAlgorithm):
     # --- adaptation to new tasks ----------------------------------------------------------------
 
     def _task_env(self, n: int, seed: int | None) -> VecEnv:
-        if self.env_id is None:
-            raise ValueError(
-                "this meta-learner was built from a VecEnv without a registered id, so it cannot rebuild its task family: "
-                "pass env= (a VecEnv of the family) to load, set_env or adapt"
-            )
-        return make_vec_env(self.env_id, n_envs=n, seed=seed, env_kwargs=self.env_kwargs)
+        """``n`` fresh sub-envs of the learner's family, seeded with ``seed``.
 
-    def adapt(self, task: Task, n_updates: int = 1, env: VecEnv | None = None, seed: int | None = None) -> OnPolicyAlgorithm:
+        Made from the family's class, factory or instance copies when the learner was built from one, else from its
+        registered id (``env_id``, with ``env_kwargs``), else from copies of the first sub-env of its own VecEnv when
+        that runs in this process (a ``DummyVecEnv``).
+        """
+        if self._family_factory is not None:
+            return family_vec_env(self._family_factory, n, seed, self.env_kwargs)
+        if self.env_id is not None:
+            return make_vec_env(self.env_id, n_envs=n, seed=seed, env_kwargs=self.env_kwargs)
+        copies = sub_env_copies(self.env) if self.env is not None else None
+        if copies is not None:
+            return family_vec_env(copies, n, seed)
+        raise ValueError(
+            "this meta-learner cannot make envs of its task family: it was built from a VecEnv whose sub-envs have no "
+            "registered id and do not run in this process (or it was loaded without its family). Pass env= (the family as "
+            "an id, an instance, a class or factory, or a VecEnv) to adapt or evaluate_adaptation, or give the learner its "
+            "family: build it from the family's class or factory (vec_env_class='subproc' for sub-processes), or set_env a "
+            "DummyVecEnv of it"
+        )
+
+    def _family_env(self, env: FamilyLike | VecEnv | None, n: int, seed: int | None) -> tuple[VecEnv, bool]:
+        """The VecEnv to adapt on: ``env`` itself when it is one (re-seeded when ``seed`` is given), ``n`` sub-envs of the
+        family ``env`` in another form (id, instance, class or factory, made without env_kwargs), or ``n`` sub-envs of
+        the learner's own family when ``env`` is None. Also returns whether the VecEnv was made here (to close it)."""
+        if env is None:
+            return self._task_env(n, seed), True
+        if isinstance(env, VecEnv):
+            if isinstance(env, VecNormalize):
+                raise ValueError("VecNormalize is not supported by the meta-learners: its running statistics would mix tasks")
+            missing = missing_vec_family_methods(env)
+            if missing:
+                raise ValueError(not_a_family_message("the VecEnv's sub-env", missing))
+            if seed is not None:
+                env.seed(seed)
+            return env, False
+        return family_vec_env(env, n, seed), True
+
+    def adapt(
+        self, task: Task, n_updates: int = 1, env: FamilyLike | VecEnv | None = None, seed: int | None = None
+    ) -> OnPolicyAlgorithm:
         """An inner learner started at θ and adapted to ``task`` by ``n_updates`` rollout-and-update rounds.
 
         The returned agent is an ordinary SB3 agent (``predict``, ``learn``, ``save``) on a one-env
@@ -415,14 +454,15 @@ class MetaLearner(CheckpointMixin, BaseAlgorithm):
 
         :param task: a task of the family (see ``sample_tasks``)
         :param n_updates: inner updates (0 returns the meta-policy itself as an agent)
-        :param env: a one-env VecEnv of the family to adapt on (default: made from the env id)
+        :param env: the family to adapt on: an env id, an env instance (copied), an env class or factory, or a
+            one-env VecEnv (default: a fresh env of the learner's own family, see :meth:`_task_env`)
         :param seed: seed of that env
         """
         if n_updates < 0:
             raise ValueError("n_updates must be >= 0")
-        env = env if env is not None else self._task_env(1, seed)
+        env, _ = self._family_env(env, 1, seed)
         if env.num_envs != 1:
-            raise ValueError("adapt needs a VecEnv with a single sub-env")
+            raise ValueError(f"adapt needs a VecEnv with a single sub-env, got {env.num_envs}")
         names = tuple(env.env_method("get_task", indices=[0])[0])
         self._set_tasks(env, [check_task(task, names)])
         learner = self._make_learner()
@@ -433,23 +473,40 @@ class MetaLearner(CheckpointMixin, BaseAlgorithm):
         return learner
 
     def evaluate_adaptation(
-        self, tasks: Sequence[Task], n_updates: Sequence[int] = (0, 1, 3), seed: int | None = None
+        self,
+        tasks: Sequence[Task],
+        n_updates: Sequence[int] = (0, 1, 3),
+        seed: int | None = None,
+        env: FamilyLike | VecEnv | None = None,
     ) -> dict[int, np.ndarray]:
         """Average return per task after each number of inner updates in ``n_updates``, tasks adapted in parallel.
 
         The return after k updates is the mean undiscounted return of the episodes in a rollout batch
         (``n_steps`` transitions) of the policy adapted k times — the measure of MAML-RL.
+
+        :param env: the family to evaluate on: an env id, an env instance (copied), an env class or factory (one
+            sub-env per task is made), or a VecEnv (the tasks run in groups of its size, the last group padded with
+            repeats of its last task); default: fresh envs of the learner's own family, see :meth:`_task_env`
+        :param seed: seed of those envs
         """
         if not tasks:
             raise ValueError("evaluate_adaptation needs at least one task")
         wanted = sorted(set(int(k) for k in n_updates))
         if wanted[0] < 0:
             raise ValueError("numbers of updates must be >= 0")
-        env = self._task_env(len(tasks), seed)
+        tasks = list(tasks)
+        env, made_here = self._family_env(env, len(tasks), seed)
+        records: list[TaskAdaptation] = []
         try:
-            self._set_tasks(env, list(tasks))
-            learners = [self._make_learner() for _ in tasks]
-            records, _ = self._adapt_batch(env, learners, wanted[-1], final_rollout=True, tasks=list(tasks))
+            group = env.num_envs
+            for start in range(0, len(tasks), group):
+                chunk = tasks[start : start + group]
+                padded = chunk + [chunk[-1]] * (group - len(chunk))
+                self._set_tasks(env, padded)
+                learners = [self._make_learner() for _ in padded]
+                chunk_records, _ = self._adapt_batch(env, learners, wanted[-1], final_rollout=True, tasks=padded)
+                records.extend(chunk_records[: len(chunk)])
         finally:
-            env.close()
+            if made_here:
+                env.close()
         return {k: np.array([record.returns[k] for record in records]) for k in wanted}

@@ -40,7 +40,7 @@ class IMAML(FOMAML):
     trust-region natural step along meanᵢ gᵢ with ``meta_step="natural"`` (see :class:`FOMAML`).
 
     :param policy: the policy model ("MlpPolicy", ... or a class)
-    :param env: a task family (env id, or VecEnv with one sub-env per task)
+    :param env: a task family: an env id, an env instance (copied), an env class or factory, or a VecEnv with one sub-env per task
     :param learning_rate: β, the meta optimizer's learning rate (constant or schedule)
     :param inner_algo: "npg" (default), "vpg" or an OnPolicyAlgorithm class
     :param inner_updates: k, inner updates per task

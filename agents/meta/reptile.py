@@ -26,7 +26,7 @@ class Reptile(MetaLearner):
     (a schedule anneals it, as in the paper).
 
     :param policy: the policy model ("MlpPolicy", ... or a class)
-    :param env: a task family (env id, or VecEnv with one sub-env per task)
+    :param env: a task family: an env id, an env instance (copied), an env class or factory, or a VecEnv with one sub-env per task
     :param learning_rate: ε, the interpolation step towards the adapted parameters (constant or schedule)
     :param inner_algo: "npg" (default), "vpg" or an OnPolicyAlgorithm class
     :param inner_updates: k, inner updates per task
