@@ -144,12 +144,14 @@ def read_config(path: pathlib.Path) -> dict[str, Any]:
     return table
 
 
-def load_hyperparams(algo: str, env_id: str, overrides: dict[str, Any], config: str | None = None) -> dict[str, Any]:
-    """The env's block of configs/<algo>.yml (else its ``default:`` block), then ``overrides``; values as data, unconverted."""
+def load_hyperparams(algo: str, env_id: str, overrides: dict[str, Any], config: str | None = None,
+                     base_config: bool = True) -> dict[str, Any]:
+    """The env's block of configs/<algo>.yml (else its ``default:`` block), then ``overrides``; values as data, unconverted.
+    ``base_config=False`` reads no file: ``overrides`` alone (the constructor's defaults for the rest)."""
     path = pathlib.Path(config) if config else CONFIG_DIR / f"{algo}.yml"
     if config and not path.is_file():
         raise UsageError(f"config file {config} does not exist")
-    table = read_config(path) if path.is_file() else {}
+    table = read_config(path) if base_config and path.is_file() else {}
     block = table.get(env_id, table.get("default", {})) or {}
     if not isinstance(block, dict):
         raise UsageError(f"the block {env_id if env_id in table else 'default'} of {path} must map hyper-parameters to values")
@@ -173,11 +175,17 @@ def constructor_kwargs(params: dict[str, Any]) -> dict[str, Any]:
 
 
 def accepted_arguments(algo_cls: type) -> set[str]:
-    """Constructor arguments of the algorithm (and of its ngrl bases it passes them to), less those the CLI sets."""
-    names: set[str] = set(inspect.signature(algo_cls.__init__).parameters)
+    """Constructor arguments of the algorithm (and of its ngrl bases, and of any base an ``__init__(..., **kwargs)``
+    passes the rest on to), less those the CLI sets."""
+    names: set[str] = set()
+    forwarded = True  # the class's own __init__ is read
     for base in algo_cls.__mro__:  # an ngrl meta-learner passes its bases' arguments on
-        if base.__module__.startswith("agents") and "__init__" in vars(base):
-            names |= set(inspect.signature(base.__init__).parameters)
+        if "__init__" not in vars(base) or base is object:
+            continue
+        parameters = inspect.signature(base.__init__).parameters
+        if forwarded or base.__module__.startswith("agents"):
+            names |= {name for name, p in parameters.items() if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)}
+        forwarded = any(p.kind is p.VAR_KEYWORD for p in parameters.values())
     return names - CLI_MANAGED
 
 
@@ -492,10 +500,13 @@ def resume_arguments(argv: Sequence[str]) -> list[str]:
 
 
 def peer_algorithms() -> dict[str, type]:
-    """SB3's and sb3-contrib's algorithms that ``benchmark`` runs beside ngrl's (configs/<name>.yml: rl-zoo3's entries)."""
-    from stable_baselines3 import A2C, DQN, PPO
+    """SB3's and sb3-contrib's algorithms that ``benchmark`` runs beside ngrl's (configs/<name>.yml: rl-zoo3's entries).
+    ``dqn`` is SB3's DQN with NGDQN's ``target_network`` switch (``agents.ngdqn.BaselineDQN``; on by default: SB3's DQN)."""
+    from stable_baselines3 import A2C, PPO
 
-    peers: dict[str, type] = {"ppo": PPO, "a2c": A2C, "dqn": DQN}
+    from agents.ngdqn import BaselineDQN
+
+    peers: dict[str, type] = {"ppo": PPO, "a2c": A2C, "dqn": BaselineDQN}
     try:
         from sb3_contrib import TRPO, RecurrentPPO
 
@@ -573,23 +584,21 @@ def existing_checkpoint(path: str) -> pathlib.Path:
     return found
 
 
-def check_task_family(env: str, env_kwargs: dict[str, Any]) -> None:
-    """A meta-learner's env: a registered id of a task family (sample_tasks / set_task / get_task)."""
-    import gymnasium as gym
-
-    import envs  # noqa: F401
+def check_task_family(env: str, env_kwargs: dict[str, Any]) -> str | Callable[..., Any]:
+    """A meta-learner's env: a task family (sample_tasks / set_task / get_task) given as a registered id or as
+    ``module:Class`` / ``module:make_family`` (see :func:`resolve_env`); returns what :func:`resolve_env` returns."""
     from envs.task_family import held_out_tasks
 
-    if env not in gym.registry:
-        close = difflib.get_close_matches(env, [k for k in gym.registry if k.startswith("ngrl/")], n=2)
-        raise UsageError(f"unknown environment id {env!r}: a meta-learner needs a registered task family such as "
-                         f"{', '.join(close) if close else 'ngrl/Navigation2D-v0'}")
+    target = resolve_env(env)
     try:
-        held_out_tasks(env, 1, 0, env_kwargs)
+        held_out_tasks(target, 1, 0, env_kwargs)
     except ValueError as error:
         raise UsageError(str(error)) from error
+    except TypeError as error:
+        raise UsageError(f"could not create {env} with env kwargs {env_kwargs}: {error}") from error
     except Exception as error:  # the env's own code failed
         raise UsageError(f"the env {env} raised {type(error).__name__} when made: {error}") from error
+    return target
 
 
 @dataclass
@@ -614,14 +623,16 @@ class RunSpec:
 
 
 def resolve_run(algo: str, env: str, *, seed: int | None, overrides: dict[str, Any], config: str | None = None,
-                env_kwargs: dict[str, Any] | None = None, n_timesteps: int | None = None, policy: str | None = None) -> RunSpec:
-    """The config block of ``algo`` for ``env`` with the overrides, every value checked by name, type and range.
+                env_kwargs: dict[str, Any] | None = None, n_timesteps: int | None = None, policy: str | None = None,
+                base_config: bool = True) -> RunSpec:
+    """The config block of ``algo`` for ``env`` with the overrides, every value checked by name, type and range
+    (``base_config=False``: the overrides alone, over the constructor's defaults).
 
     A meta-learner (reptile, fomaml, imaml) needs a registered task family; its sub-envs are its tasks, so it
     takes neither ``n_envs`` nor ``normalize``.
     """
     algo_cls = algorithm(algo, peers=True)
-    params = load_hyperparams(algo, env, overrides, config)
+    params = load_hyperparams(algo, env, overrides, config, base_config)
     kwargs = {**_mapping("env_kwargs", params.pop("env_kwargs", None) or {}), **(env_kwargs or {})}
     run_seed_ = run_seed(seed, params.pop("seed", 0))
     steps = pop_int(params, "n_timesteps", 200_000 if is_meta(algo) else 100_000, n_timesteps)
@@ -647,15 +658,20 @@ def build_model(spec: RunSpec, *, device: str = "auto", verbose: int = 0, tensor
     from stable_baselines3.common.vec_env import VecNormalize
 
     if is_meta(spec.algo):
-        probe_env(spec.env, spec.env, spec.env_kwargs)
+        family = resolve_env(spec.env)
+        probe_env(spec.env, family, spec.env_kwargs)
         try:
-            return algorithm(spec.algo, meta=True)(spec.policy, spec.env, env_kwargs=spec.env_kwargs, seed=spec.seed, device=device,
-                                                   verbose=verbose, tensorboard_log=tensorboard_log, **constructor_kwargs(spec.params))
+            model = algorithm(spec.algo, meta=True)(spec.policy, family, env_kwargs=spec.env_kwargs, seed=spec.seed, device=device,
+                                                    verbose=verbose, tensorboard_log=tensorboard_log, **constructor_kwargs(spec.params))
         except (ValueError, TypeError, AssertionError) as error:
             raise UsageError(f"{spec.algo} cannot meta-train on {spec.env}: {error}") from error
+        model._ngrl_env_spec = spec.env  # recorded in the checkpoint: adapt names it when a module:Class family must be given again
+        return model
     venv = make_env(spec.env, spec.n_envs, spec.seed, spec.env_kwargs)
     if spec.normalize:
-        venv = VecNormalize(venv, **(spec.normalize if isinstance(spec.normalize, dict) else {}))
+        # the reward statistics are those of returns discounted by the algorithm's gamma, as rl-zoo3 sets them
+        discount = {"gamma": spec.params["gamma"]} if "gamma" in spec.params else {}
+        venv = VecNormalize(venv, **{**discount, **(spec.normalize if isinstance(spec.normalize, dict) else {})})
     try:
         model = algorithm(spec.algo, peers=True)(spec.policy, venv, seed=spec.seed, device=device, verbose=verbose,
                                                  tensorboard_log=tensorboard_log, **constructor_kwargs(spec.params))
@@ -693,7 +709,7 @@ class PeriodicEvaluation:
         if hasattr(model, "evaluate_adaptation"):  # a meta-learner: return after one inner update on held-out tasks
             from envs.task_family import held_out_tasks
 
-            tasks = held_out_tasks(self.spec.env, self.n_episodes, self.spec.seed + 10_000, self.spec.env_kwargs)
+            tasks = held_out_tasks(resolve_env(self.spec.env), self.n_episodes, self.spec.seed + 10_000, self.spec.env_kwargs)
             returns = model.evaluate_adaptation(tasks, n_updates=[1], seed=self.spec.seed + 10_000)[1]
             mean, std = float(returns.mean()), float(returns.std())
         else:
@@ -826,13 +842,15 @@ def cmd_eval(args: argparse.Namespace) -> int:
 # --- meta-train and adapt ---------------------------------------------------------------------
 
 
-def print_adaptation(model: Any, tasks: list[dict[str, float]], n_updates: Sequence[int], seed: int) -> dict[int, Any]:
+def print_adaptation(model: Any, family: str, tasks: list[dict[str, float]], n_updates: Sequence[int], seed: int,
+                     env: Any = None) -> dict[int, Any]:
+    """Adapt ``model`` to ``tasks`` (on ``env``, a VecEnv of the family; None: the model's own family) and print the table."""
     from stable_baselines3.common.utils import set_random_seed
 
     set_random_seed(seed)
-    print(f"Adapting to {len(tasks)} held-out tasks of {model.env_id} ({max(n_updates)} inner updates at most)...", flush=True)
-    returns = model.evaluate_adaptation(tasks, n_updates=n_updates, seed=seed)
-    print(f"Return on {len(tasks)} held-out tasks of {model.env_id} (mean ± std over tasks):")
+    print(f"Adapting to {len(tasks)} held-out tasks of {family} ({max(n_updates)} inner updates at most)...", flush=True)
+    returns = model.evaluate_adaptation(tasks, n_updates=n_updates, seed=seed, env=env)
+    print(f"Return on {len(tasks)} held-out tasks of {family} (mean ± std over tasks):")
     print("| inner updates | return |")
     print("|---|---|")
     for k, values in returns.items():
@@ -849,13 +867,21 @@ def cmd_meta_train(args: argparse.Namespace) -> int:
     if args.n_eval_tasks < 0 or args.save_freq < 0:
         raise UsageError("--n-eval-tasks and --save-freq must be >= 0")
     check_device(args.device)
+    import_gym_packages(args.gym_packages)
     spec = resolve_run(args.algo, args.env, seed=args.seed, overrides=parse_key_values(args.hyperparams, "--hyperparams"),
                        config=args.config, env_kwargs=parse_key_values(args.env_kwargs, "--env-kwargs"),
                        n_timesteps=args.n_timesteps, policy=args.policy)
     if args.trained_agent:
         trained = existing_checkpoint(args.trained_agent)
         model = load_checkpoint(algo_cls, str(trained), None, args)
-        model.set_env(model._task_env(model.meta_batch_size, spec.seed))
+        # the family given now (id or module:Class): adapt and evaluate_adaptation copy this DummyVecEnv's sub-envs
+        # when the checkpoint has no registered id to rebuild from
+        venv = make_env(spec.env, model.meta_batch_size, spec.seed, spec.env_kwargs)
+        try:
+            model.set_env(venv)
+        except (ValueError, AssertionError) as error:
+            raise UsageError(f"{trained} does not fit --env {spec.env}: {error}") from error
+        model._ngrl_env_spec = spec.env
         if model.num_timesteps >= spec.n_timesteps:
             raise UsageError(f"{trained} has already trained {model.num_timesteps} steps, the whole budget of {spec.n_timesteps}: "
                              "raise --n-timesteps")
@@ -872,7 +898,8 @@ def cmd_meta_train(args: argparse.Namespace) -> int:
     if model.num_timesteps != spec.n_timesteps:
         print(f"Ran {model.num_timesteps} environment steps for a budget of {spec.n_timesteps}: a meta-iteration ends whole.")
     if args.n_eval_tasks > 0:
-        print_adaptation(model, held_out_tasks(args.env, args.n_eval_tasks, spec.seed + 10_000, spec.env_kwargs), [0, 1], spec.seed + 10_000)
+        tasks = held_out_tasks(resolve_env(spec.env), args.n_eval_tasks, spec.seed + 10_000, spec.env_kwargs)
+        print_adaptation(model, spec.env, tasks, [0, 1], spec.seed + 10_000)
     return 0
 
 
@@ -884,7 +911,10 @@ def saved_algorithm(path: pathlib.Path) -> Any:
 
 
 def cmd_adapt(args: argparse.Namespace) -> int:
+    from stable_baselines3.common.utils import check_for_correct_spaces
+
     from agents import META_ALGOS
+    from agents.checkpoint import checkpoint_data
     from envs.task_family import held_out_tasks
 
     if any(k < 0 for k in args.n_updates):
@@ -904,14 +934,30 @@ def cmd_adapt(args: argparse.Namespace) -> int:
     if saved not in by_class:
         raise UsageError(f"{path} was saved by {saved or 'something other than ngrl'}, not by a meta-learner ({', '.join(META_ALGOS)}); "
                          "use `train.py eval` for ordinary agents")
+    import_gym_packages(args.gym_packages)
+    env_kwargs = parse_key_values(args.env_kwargs, "--env-kwargs")
     model = load_checkpoint(META_ALGOS[by_class[saved]], str(path), None, args)
-    try:
-        tasks = held_out_tasks(model.env_id, args.n_tasks, args.seed, model.env_kwargs)
-    except ValueError as error:
-        raise UsageError(str(error)) from error
-    returns = print_adaptation(model, tasks, args.n_updates, args.seed)
+    if args.env is None and model.env_id is None:
+        # a module:Class family is imported only when the command line names it, never because a checkpoint does
+        recorded = checkpoint_data(path).get("_ngrl_env_spec")
+        raise UsageError(f"{path} was meta-trained on a task family given in code ({recorded or 'not a registered id'}), which a "
+                         f"checkpoint does not hold: name it again with --env {recorded or 'package.module:MyFamily'} "
+                         "(and the --env-kwargs and --gym-packages of training)")
+    family = args.env or model.env_id
+    if args.env is None:
+        env_kwargs = {**model.env_kwargs, **env_kwargs}
+    target = check_task_family(family, env_kwargs)
+    tasks = held_out_tasks(target, args.n_tasks, args.seed, env_kwargs)
+    venv = None  # the model's own family, as it was saved
+    if args.env is not None or args.env_kwargs:
+        venv = make_env(family, args.n_tasks, args.seed, env_kwargs)
+        try:
+            check_for_correct_spaces(venv, model.observation_space, model.action_space)
+        except ValueError as error:
+            raise UsageError(f"{path} does not fit --env {family}: {error}") from error
+    returns = print_adaptation(model, family, tasks, args.n_updates, args.seed, env=venv)
     if output is not None:
-        out = {"model": str(path), "env": model.env_id, "seed": args.seed, "tasks": tasks,
+        out = {"model": str(path), "env": family, "seed": args.seed, "tasks": tasks,
                "returns": {str(k): v.tolist() for k, v in returns.items()}}
         output.write_text(json.dumps(out, indent=1))
     return 0
@@ -922,12 +968,96 @@ def cmd_adapt(args: argparse.Namespace) -> int:
 THRESHOLDS = {"CartPole-v1": 475.0, "Acrobot-v1": -100.0, "Pendulum-v1": -200.0, "LunarLander-v3": 200.0,
               "MountainCar-v0": -110.0, "ngrl/CartPoleNoVel-v1": 475.0, "ngrl/CueCorridor-v0": 0.9}
 RUN_FIELDS = ["algo", "env", "seed", "status", "error", "timesteps", "threshold", "steps_to_threshold", "final_eval",
-              "best_eval", "evals_at_threshold", "n_evals", "train_seconds", "seconds_per_100k"]
+              "best_eval", "evals_at_threshold", "n_evals", "training_episodes", "best_100_episode_average", "train_seconds",
+              "seconds_per_100k"]
+VARIANT_KEYS = {"algo", "description", "base_config", "hyperparams", "envs"}
+
+
+@dataclass(frozen=True)
+class GridAlgorithm:
+    """A name of ``benchmark --algos``: an algorithm, or a variant of one (configs/variants.yml) whose hyper-parameters
+    are fixed there; ``hyperparams`` hold for every env, ``envs[env]`` for one, both over the base configuration."""
+
+    name: str
+    algo: str
+    base_config: bool = True
+    hyperparams: dict[str, Any] | None = None
+    envs: dict[str, dict[str, Any]] | None = None
+
+    def overrides(self, env: str) -> dict[str, Any]:
+        return {**(self.hyperparams or {}), **((self.envs or {}).get(env) or {})}
+
+
+def read_variants(path: pathlib.Path) -> dict[str, GridAlgorithm]:
+    """The variants of ``path`` (configs/variants.yml by default), each checked for its form."""
+    table = read_config(path) if path.is_file() else {}
+    variants = {}
+    for name, block in table.items():
+        where = f"{path}: variant {name!r}"
+        if not isinstance(block, dict) or "algo" not in block:
+            raise UsageError(f"{where} must be a mapping with at least 'algo:' (the algorithm it runs)")
+        unknown = sorted(set(block) - VARIANT_KEYS)
+        if unknown:
+            raise UsageError(f"{where} has unknown key(s) {', '.join(unknown)}; a variant takes {', '.join(sorted(VARIANT_KEYS))}")
+        hyperparams, envs = block.get("hyperparams") or {}, block.get("envs") or {}
+        if not isinstance(hyperparams, dict) or not isinstance(envs, dict) or not all(isinstance(v, dict) for v in envs.values()):
+            raise UsageError(f"{where}: 'hyperparams' must map names to values and 'envs' env ids to such mappings")
+        if not isinstance(block.get("base_config", True), bool):
+            raise UsageError(f"{where}: base_config must be true or false, got {block['base_config']!r}")
+        variants[str(name)] = GridAlgorithm(str(name), str(block["algo"]), block.get("base_config", True), hyperparams, envs)
+    return variants
+
+
+def grid_algorithm(name: str, variants_file: str | None = None) -> GridAlgorithm:
+    """``name`` as an algorithm of the grid: one of the algorithms, or a variant of ``variants_file``."""
+    from agents import ALGOS, META_ALGOS
+
+    path = pathlib.Path(variants_file) if variants_file else CONFIG_DIR / "variants.yml"
+    if variants_file and not path.is_file():
+        raise UsageError(f"--variants {variants_file} does not exist")
+    variants = read_variants(path)
+    known = {**ALGOS, **META_ALGOS, **peer_algorithms()}
+    if name in known:
+        if name in variants:
+            raise UsageError(f"{path}: the variant {name!r} has the name of an algorithm; rename it")
+        return GridAlgorithm(name, name)
+    if name in variants:
+        variant = variants[name]
+        if variant.algo not in known:
+            raise UsageError(f"{path}: variant {name!r} runs algo {variant.algo!r}, which is not one of {', '.join(known)}")
+        return variant
+    close = difflib.get_close_matches(name, [*known, *variants], n=1)
+    hint = f" Did you mean {close[0]}?" if close else ""
+    raise UsageError(f"unknown algorithm {name!r}.{hint} Available: {', '.join(known)}; variants ({path}): {', '.join(variants) or 'none'}.")
+
+
+def training_returns_callback(returns: list[float]) -> Any:
+    """A callback appending each training episode's return (Monitor's, in the env's own units) as episodes end."""
+    from stable_baselines3.common.callbacks import BaseCallback
+
+    class RecordReturns(BaseCallback):
+        def _on_step(self) -> bool:
+            returns.extend(float(info["episode"]["r"]) for info in self.locals.get("infos", ()) if "episode" in info)
+            return True
+
+    return RecordReturns()
+
+
+def best_window_average(returns: Sequence[float], window: int = 100) -> float | None:
+    """max over k of the mean of returns[k : k + window]: the best 100-episode average of training returns (the
+    metric of Knight & Lerner 2018, and of gymnasium's "solved"); None with fewer than ``window`` episodes."""
+    import numpy as np
+
+    if len(returns) < window:
+        return None
+    sums = np.convolve(np.asarray(returns, dtype=float), np.ones(window), mode="valid")
+    return float(sums.max() / window)
 
 
 def benchmark_run(task: dict[str, Any]) -> dict[str, Any]:
     """One (algo, env, seed) of a benchmark grid, the training path of ``train``: resolve, build, learn with
-    periodic evaluation, save. Writes ``result.json`` in the run's folder last, so a rerun skips a finished run."""
+    periodic evaluation, save. Writes ``result.json`` in the run's folder last, so a rerun skips a finished run.
+    ``task["algo"]`` names the grid's row (an algorithm or a variant), ``task["run_algo"]`` the algorithm it runs."""
     import time
 
     import torch
@@ -935,20 +1065,24 @@ def benchmark_run(task: dict[str, Any]) -> dict[str, Any]:
     torch.set_num_threads(1)
     run_dir = pathlib.Path(task["run_dir"])
     run_dir.mkdir(parents=True, exist_ok=True)
-    spec = resolve_run(task["algo"], task["env"], seed=task["seed"], overrides=task["overrides"], n_timesteps=task["n_timesteps"])
+    spec = resolve_run(task.get("run_algo", task["algo"]), task["env"], seed=task["seed"], overrides=task["overrides"],
+                       n_timesteps=task["n_timesteps"], env_kwargs=task.get("env_kwargs"), base_config=task.get("base_config", True))
     model = build_model(spec, device=task.get("device", "cpu"))
-    write_run_files(run_dir, spec.env, spec.config_block(), spec.algo)
+    label = spec.algo if task["algo"] == spec.algo else f"{task['algo']} (a variant of {spec.algo})"
+    write_run_files(run_dir, spec.env, spec.config_block(), label)
     evaluation = PeriodicEvaluation(spec, task["eval_freq"], task["n_eval_episodes"], quiet=True)
+    returns: list[float] = []
     began = time.perf_counter()
-    model.learn(spec.n_timesteps, callback=evaluation.callback())
+    model.learn(spec.n_timesteps, callback=[evaluation.callback(), training_returns_callback(returns)])
     if not evaluation.rows or evaluation.rows[-1]["timesteps"] != model.num_timesteps:
         evaluation.evaluate_now(model)  # the final policy is always evaluated
     wall = time.perf_counter() - began
     model.save(run_dir / "model.zip")
     evaluation.write_csv(run_dir / "evaluations.csv")
-    result = {"algo": spec.algo, "env": spec.env, "seed": spec.seed, "status": "ok", "error": "",
+    result = {"algo": task["algo"], "algorithm": spec.algo, "env": spec.env, "seed": spec.seed, "status": "ok", "error": "",
               "random_score": random_policy_score(spec, task["n_eval_episodes"]),
               "timesteps": int(model.num_timesteps), "evaluations": evaluation.rows,
+              "training_episodes": len(returns), "best_100_episode_average": best_window_average(returns),
               "train_seconds": evaluation.rows[-1]["train_seconds"], "wall_seconds": round(wall, 3)}
     _write_json(run_dir / "result.json", result)
     return result
@@ -979,7 +1113,8 @@ def _write_json(path: pathlib.Path, data: Any) -> None:
 
 
 def summarize_run(result: dict[str, Any], threshold: float | None) -> dict[str, Any]:
-    """A run's row of runs.csv: steps to the threshold (first evaluation at or above it), final and best evaluation."""
+    """A run's row of runs.csv: steps to the threshold (first evaluation at or above it), final and best evaluation,
+    the best 100-episode average of its training returns."""
     rows = result.get("evaluations", [])
     means = [r["mean"] for r in rows]
     reached = [r["timesteps"] for r in rows if threshold is not None and r["mean"] >= threshold]
@@ -989,7 +1124,9 @@ def summarize_run(result: dict[str, Any], threshold: float | None) -> dict[str, 
         "error": result.get("error", ""), "timesteps": result.get("timesteps", ""), "threshold": "" if threshold is None else threshold,
         "steps_to_threshold": reached[0] if reached else "", "final_eval": means[-1] if means else "",
         "best_eval": max(means) if means else "", "evals_at_threshold": len(reached) if threshold is not None else "",
-        "n_evals": len(means), "train_seconds": seconds if seconds is not None else "",
+        "n_evals": len(means), "training_episodes": result.get("training_episodes", ""),
+        "best_100_episode_average": "" if result.get("best_100_episode_average") is None else result["best_100_episode_average"],
+        "train_seconds": seconds if seconds is not None else "",
         "seconds_per_100k": round(seconds * 100_000 / result["timesteps"], 1) if seconds and result.get("timesteps") else "",
     }
 
@@ -1017,7 +1154,8 @@ def write_benchmark_tables(out: pathlib.Path, thresholds: dict[str, float]) -> l
         return f"{steps / 1000:g}k"
 
     lines = ["| env (threshold) | algo | solved | steps to threshold (median [min, max]) | final eval (per seed) | "
-             "best eval (per seed) | evals ≥ thr | train s / 100k (median) |", "|---|---|---|---|---|---|---|---|"]
+             "best eval (per seed) | evals ≥ thr | best 100-episode training average (per seed) | train s / 100k (median) |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for (env, algo) in dict.fromkeys((r["env"], r["algo"]) for r in runs):
         group = [r for r in runs if r["env"] == env and r["algo"] == algo]
         done = [r for r in group if r["status"] == "ok"]
@@ -1029,7 +1167,9 @@ def write_benchmark_tables(out: pathlib.Path, thresholds: dict[str, float]) -> l
         cells = [
             f"{env} ({'—' if threshold is None else f'{threshold:g}'})", algo, f"{len(reached)}/{len(group)}{failed}", steps,
             ", ".join(f"{r['final_eval']:.1f}" for r in done), ", ".join(f"{r['best_eval']:.1f}" for r in done),
-            ", ".join(str(r["evals_at_threshold"]) for r in done), f"{statistics.median(speed):.0f}" if speed else "—",
+            ", ".join(str(r["evals_at_threshold"]) for r in done),
+            ", ".join("—" if r["best_100_episode_average"] == "" else f"{r['best_100_episode_average']:.1f}" for r in done),
+            f"{statistics.median(speed):.0f}" if speed else "—",
         ]
         lines.append("| " + " | ".join(cells) + " |")
     (out / "summary.md").write_text("\n".join(lines) + "\n")
@@ -1044,23 +1184,28 @@ def cmd_benchmark(args: argparse.Namespace) -> int:
     import_gym_packages(args.gym_packages)
     thresholds = {**THRESHOLDS, **{k: float(v) for k, v in parse_key_values(args.thresholds, "--thresholds").items()}}
     overrides = parse_key_values(args.hyperparams, "--hyperparams")
+    env_kwargs = parse_key_values(args.env_kwargs, "--env-kwargs")
     out = pathlib.Path(args.out)
-    accepted_by_any = set(RUN_KEYS).union(*(accepted_arguments(algorithm(a, peers=True)) for a in args.algos))
-    unknown = sorted(set(overrides) - accepted_by_any)
+    grid = [grid_algorithm(name, args.variants) for name in args.algos]
+    accepted = {entry.name: accepted_arguments(algorithm(entry.algo, peers=True)) | set(RUN_KEYS) for entry in grid}
+    unknown = sorted(set(overrides) - set().union(*accepted.values()))
     if unknown:
         raise UsageError(f"--hyperparams {', '.join(unknown)}: no algorithm of the grid ({', '.join(args.algos)}) takes them")
     tasks = []
-    for algo in args.algos:
+    for entry in grid:
         for env in args.envs:
             resolve_env(env)
-            algo_overrides = {k: v for k, v in overrides.items() if k in accepted_arguments(algorithm(algo, peers=True)) | set(RUN_KEYS)}
-            resolve_run(algo, env, seed=0, overrides=algo_overrides, n_timesteps=args.n_timesteps)  # bad input: told now
+            # the variant's values, then the command line's (those this algorithm takes)
+            run_overrides = {**entry.overrides(env), **{k: v for k, v in overrides.items() if k in accepted[entry.name]}}
+            resolve_run(entry.algo, env, seed=0, overrides=run_overrides, n_timesteps=args.n_timesteps, env_kwargs=env_kwargs,
+                        base_config=entry.base_config)  # bad input: told now
             for seed in args.seeds:
-                run_dir = out / algo / f"{env_name(env)}_{seed}"
+                run_dir = out / entry.name / f"{env_name(env)}_{seed}"
                 result = run_dir / "result.json"
                 if result.is_file() and json.loads(result.read_text()).get("status") == "ok":
                     continue  # finished in an earlier invocation
-                tasks.append({"algo": algo, "env": env, "seed": seed, "overrides": algo_overrides, "n_timesteps": args.n_timesteps,
+                tasks.append({"algo": entry.name, "run_algo": entry.algo, "base_config": entry.base_config, "env": env, "seed": seed,
+                              "overrides": run_overrides, "env_kwargs": env_kwargs, "n_timesteps": args.n_timesteps,
                               "eval_freq": args.eval_freq, "n_eval_episodes": args.n_eval_episodes, "run_dir": str(run_dir)})
     total = len(args.algos) * len(args.envs) * len(args.seeds)
     print(f"{total - len(tasks)} of {total} runs already finished under {out}; {len(tasks)} to run.", flush=True)
@@ -1436,8 +1581,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     meta = commands.add_parser("meta-train", help="meta-train Reptile, FOMAML or iMAML on a task family")
     meta.add_argument("--algo", required=True, help=f"meta-learner: one of {', '.join(META_ALGO_NAMES)}")
-    meta.add_argument("--env", required=True, help="a registered task family, e.g. ngrl/Navigation2D-v0")
+    meta.add_argument("--env", required=True,
+                      help="a task family: a registered id (e.g. ngrl/Navigation2D-v0), or module:FamilyClass / module:make_family")
     meta.add_argument("--env-kwargs", nargs="*", metavar="KEY=VALUE", help="keyword arguments of the env (parsed as data)")
+    meta.add_argument("--gym-packages", nargs="*", metavar="PACKAGE", help="packages to import first (they register env ids)")
     meta.add_argument("--seed", type=int, help="random seed (default: the config's, else 0)")
     meta.add_argument("--n-eval-tasks", type=int, default=0, help="held-out tasks to report adaptation on after training")
     _add_training(meta)
@@ -1450,18 +1597,25 @@ def build_parser() -> argparse.ArgumentParser:
     adapt.add_argument("--n-updates", type=int, nargs="+", default=[0, 1, 3], help="inner updates to report (default 0 1 3)")
     adapt.add_argument("--seed", type=int, default=12345, help="seed of the held-out tasks and rollouts (default 12345)")
     adapt.add_argument("--output", help="also write the returns per task to this JSON file")
+    adapt.add_argument("--env", help="the task family to adapt on (default: the model's registered id); a family given as "
+                                     "module:Class in training must be named again")
+    adapt.add_argument("--env-kwargs", nargs="*", metavar="KEY=VALUE", help="keyword arguments of the env (parsed as data)")
+    adapt.add_argument("--gym-packages", nargs="*", metavar="PACKAGE", help="packages to import first (they register env ids)")
     _add_common(adapt)
     adapt.set_defaults(handler=cmd_adapt)
 
     bench = commands.add_parser("benchmark", help="a grid of algorithms × envs × seeds on Ray, with learning curves and tables")
     bench.add_argument("--algos", nargs="+", required=True,
-                       help=f"ngrl's ({', '.join(ALGO_NAMES)}) and SB3's peers (ppo, a2c, dqn; trpo, recurrentppo with the bench extra)")
+                       help=f"ngrl's ({', '.join(ALGO_NAMES)}) and SB3's peers (ppo, a2c, dqn; trpo, recurrentppo with the bench extra), "
+                            "or variants of configs/variants.yml (e.g. dqn-notarget, npg-ernn)")
     bench.add_argument("--envs", nargs="+", required=True, help="gymnasium ids or module:EnvClass")
     bench.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="seeds (default 0 1 2)")
     bench.add_argument("--n-timesteps", type=int, default=100_000, help="environment steps per run (default 100000)")
     bench.add_argument("--eval-freq", type=int, default=5_000, help="evaluate every N steps (default 5000)")
     bench.add_argument("--n-eval-episodes", type=int, default=10, help="deterministic episodes per evaluation (default 10)")
     bench.add_argument("--hyperparams", nargs="*", metavar="KEY=VALUE", help="override config entries (for the algos that take them)")
+    bench.add_argument("--env-kwargs", nargs="*", metavar="KEY=VALUE", help="keyword arguments of every env of the grid (parsed as data)")
+    bench.add_argument("--variants", help="YAML file of named variants (default configs/variants.yml)")
     bench.add_argument("--thresholds", nargs="*", metavar="ENV=VALUE", help="reward thresholds for 'steps to threshold'")
     bench.add_argument("--out", required=True, help="output folder: one folder per run, evaluations.csv, runs.csv, summary.md")
     bench.add_argument("--workers", type=int, help="CPUs of the local Ray instance (default: all cores)")

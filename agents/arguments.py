@@ -7,6 +7,7 @@ hyper-parameters before it builds any environment.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -14,7 +15,8 @@ from typing import Any
 import numpy as np
 from gymnasium import spaces
 
-from ngrl.fisher import ESTIMATORS
+from ngrl.fisher import ESTIMATORS, AdaptiveConfig
+from ngrl.spectral import relative_damping
 
 __all__ = ["check_arguments", "check_spaces", "rules_for"]
 
@@ -141,6 +143,28 @@ def _train_freq(name: str, value: Any) -> None:
         raise ValueError(f"{name} must be a positive integer or [n, 'step' | 'episode'], got {value!r}")
 
 
+def _damping(name: str, value: Any) -> None:
+    """A number λ >= 0, or "rel_<c>" with c > 0 (λ = c·λ_max of the curvature, see ngrl.spectral.relative_damping)."""
+    if isinstance(value, str):
+        relative_damping(value, name)  # raises a ValueError naming the argument for a malformed string
+        return
+    non_negative_float(name, value)
+
+
+def _adaptive_kwargs(name: str, value: Any) -> None:
+    """None, or a dict of ``ngrl.fisher.AdaptiveConfig``'s fields (structure, epsilon, schedule, ...), each in its range."""
+    if value is None:
+        return
+    mapping(name, value)
+    try:
+        AdaptiveConfig(**value)
+    except TypeError as error:  # a key that is not a field
+        fields = ", ".join(f.name for f in dataclasses.fields(AdaptiveConfig))
+        raise ValueError(f"{name} takes the fields of ngrl.fisher.AdaptiveConfig ({fields}), got {sorted(value)}") from error
+    except ValueError as error:
+        raise ValueError(f"{name}: {error}") from error
+
+
 def _target_update_interval(name: str, value: Any) -> None:
     if value is None:  # SB3's DQN has no such value; earlier ngrl used it for "no target network"
         raise ValueError(f"{name}=None is not accepted: pass target_network=False to run without a target network")
@@ -166,12 +190,14 @@ COMMON: dict[str, Rule] = {
 RULES: dict[str, dict[str, Rule]] = {
     "NPG": {
         "target_kl": positive_float,
-        "fisher_estimator": one_of(*ESTIMATORS),
+        "fisher_estimator": one_of(*ESTIMATORS, "adaptive"),
+        "adaptive_kwargs": _adaptive_kwargs,
         "preconditioner": optional(one_of("none", "diagonal", "kfac")),
         "natural_direction": one_of("cg", "cfa"),
         "cg_max_steps": positive_int,
-        "cg_damping": non_negative_float,
+        "cg_damping": _damping,
         "cg_tol": positive_float,
+        "log_spectrum": boolean,
         "line_search": boolean,
         "line_search_shrinking_factor": open_unit_interval,
         "line_search_max_iter": positive_int,
@@ -196,6 +222,8 @@ RULES: dict[str, dict[str, Rule]] = {
         "target_update_interval": _target_update_interval,
         "target_network": boolean,
         "preconditioner": optional(one_of("none", "diagonal")),
+        "curvature": one_of("gauss_newton", "adaptive"),
+        "adaptive_kwargs": _adaptive_kwargs,
         "curvature_outputs": one_of("action", "all"),
         "solver": one_of("cg", "exact"),
         "td_loss": one_of("mse", "huber"),
@@ -208,6 +236,9 @@ RULES: dict[str, dict[str, Rule]] = {
         "target_kl": optional(positive_float),
         "optimize_memory_usage": boolean,
         "replay_buffer_kwargs": optional(mapping),
+    },
+    "BaselineDQN": {
+        "target_network": boolean,
     },
     "MetaLearner": {
         "inner_updates": non_negative_int,

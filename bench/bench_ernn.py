@@ -1,18 +1,29 @@
 """ERNN recurrent policies beside LSTM, a memoryless MLP and sb3-contrib's RecurrentPPO on memory tasks.
 
     python bench/bench_ernn.py gradnorm                 # ‖∂h_T/∂h_0‖ of the cells at init (seconds)
-    python bench/bench_ernn.py learn --seeds 0 1 2      # learning table (long on 2 cores: see --steps)
     python bench/bench_ernn.py probe                    # can the cell's state tell velocities? (minutes)
     python bench/bench_ernn.py speed                    # training seconds per 100k steps, interleaved (minutes)
 
-Learning protocol: the same seeds and the same run for every method; a separate evaluation env,
-deterministic episodes every few thousand steps (see TASKS; 20 episodes for the corridor, 10 for CartPoleNoVel;
-CartPoleNoVel's observations and rewards are normalised by VecNormalize for every method, as in the zoo);
-"steps to threshold" is the first evaluation at or above it (CartPoleNoVel 475; corridor 0.9, i.e. at
-most one wrong choice in 20); training seconds exclude evaluation; one torch thread per run. At each
-evaluation ‖∂h_T/∂h_0‖₂ of the actor's cell is measured over the last T = 200 observations of
-the evaluation episodes' history (states fed through the actor's core, no resets). Results go to
-bench/results/ernn_*.json.
+The learning table is a grid of `train.py benchmark` per task, with the variants npg-ernn, npg-lstm, npg-mlp and
+rppo-lstm of configs/variants.yml (the settings below, as data); each writes summary.md under its --out:
+
+    G="python train.py benchmark --algos npg-ernn npg-lstm npg-mlp rppo-lstm --seeds 0 1 2"
+    $G --envs ngrl/CueCorridor-v0 --env-kwargs delay=10 --n-timesteps 15000 --eval-freq 2500 --n-eval-episodes 20 \
+       --out bench/results/ernn/corridor10
+    $G --envs ngrl/CueCorridor-v0 --env-kwargs delay=50 --hyperparams n_steps=128 sequence_length=128 \
+       --n-timesteps 30000 --eval-freq 5000 --n-eval-episodes 20 --out bench/results/ernn/corridor50
+    $G --envs ngrl/CueCorridor-v0 --env-kwargs delay=200 --hyperparams n_steps=512 sequence_length=512 n_envs=4 \
+       --n-timesteps 49152 --eval-freq 15000 --n-eval-episodes 20 --out bench/results/ernn/corridor200
+    $G --envs ngrl/CartPoleNoVel-v1 --n-timesteps 102400 --eval-freq 5000 --n-eval-episodes 10 --out bench/results/ernn/cartpole_novel
+
+Budgets are the steps the former `learn` command of this script ran (it trained in chunks of the evaluation
+period, each rounded up to whole rollouts). Its learning table (README, bench/results/ernn_learn.json) was measured
+with that command, with the same models and seeds: the grid trains them identically (same parameters, checked
+on corridor10 and CartPoleNoVel), but evaluates inside training at each multiple of --eval-freq as SB3's
+EvalCallback does, where the command evaluated between chunks. It also measured ‖∂h_T/∂h_0‖₂ of the actor's cell
+at each evaluation, which the grid does not.
+
+TASKS and make_model below are the models of `speed` (the same settings as the variants).
 """
 
 from __future__ import annotations
@@ -23,7 +34,6 @@ import pathlib
 import statistics
 import sys
 import time
-from concurrent.futures import ProcessPoolExecutor, as_completed
 from typing import Any
 
 import numpy as np
@@ -66,7 +76,7 @@ def make_model(method: str, task: str, seed: int, env):
     if method == "rppo-lstm":
         from sb3_contrib import RecurrentPPO
 
-        # BASELINES.md's CartPoleNoVel entry (the zoo's ppo_lstm), with this task's n_steps
+        # the ERNN table's settings (configs/variants.yml's rppo-lstm), not the zoo's ppo_lstm entry (configs/recurrentppo.yml)
         return RecurrentPPO(
             "MlpLstmPolicy",
             env,
@@ -87,161 +97,6 @@ def make_model(method: str, task: str, seed: int, env):
     policy_kwargs = ERNN_POLICY if method == "npg-ernn" else LSTM_POLICY
     sequence_length = 16 if n_steps <= 64 else n_steps
     return NPG("MlpErnnPolicy", env, policy_kwargs=dict(policy_kwargs), sequence_length=sequence_length, **npg_params)
-
-
-def actor_core(model):
-    """(core, features) of the actor's recurrent body, or None for a memoryless policy."""
-    policy = model.policy
-    if hasattr(policy, "rnn_actor"):
-        return policy.rnn_actor, lambda obs: policy._features(obs, policy.pi_features_extractor), "ngrl"
-    if hasattr(policy, "lstm_actor"):
-        return policy.lstm_actor, lambda obs: policy.extract_features(obs, policy.pi_features_extractor), "sb3"
-    return None
-
-
-def hidden_gradient_norm(model, observations: np.ndarray) -> float | None:
-    """‖∂h_T/∂h_0‖₂ of the actor's cell over the given observations (T = len(observations), no resets)."""
-    found = actor_core(model)
-    if found is None or len(observations) < 2:
-        return None
-    core, features_of, kind = found
-    obs = torch.as_tensor(observations, device=model.device)
-    with torch.no_grad():
-        features = features_of(obs).float()
-    hidden = core.hidden_size if kind == "sb3" else core.state_shapes[0][0]
-
-    def last_h(h0: torch.Tensor) -> torch.Tensor:
-        if kind == "sb3":
-            _, (h, _) = core(features.unsqueeze(1), (h0.reshape(1, 1, -1), torch.zeros(1, 1, hidden)))
-            return h.reshape(-1)
-        state = tuple([h0.reshape(1, -1)] + [torch.zeros(1, *s) for s in core.state_shapes[1:]])
-        _, state = core(features.unsqueeze(0), state, torch.zeros(1, len(observations)))
-        return state[0].reshape(-1)
-
-    jac = torch.autograd.functional.jacobian(last_h, torch.zeros(hidden))
-    return float(torch.linalg.matrix_norm(jac, ord=2))
-
-
-def count_params(model) -> int:
-    return sum(p.numel() for p in model.policy.parameters())
-
-
-def evaluate(model, env, n_episodes: int) -> tuple[float, np.ndarray]:
-    """Mean return over deterministic episodes, and the observations of the last 200 steps seen."""
-    returns, history = [], []
-    obs = env.reset()
-    state, start, total = None, np.ones(1, dtype=bool), 0.0
-    while len(returns) < n_episodes:
-        if hasattr(model.policy, "rnn_actor") or hasattr(model.policy, "lstm_actor"):
-            action, state = model.predict(obs, state=state, episode_start=start, deterministic=True)
-        else:
-            action, _ = model.predict(obs, deterministic=True)
-        history.append(obs[0].copy())
-        obs, reward, done, _ = env.step(action)
-        total += float(reward[0])
-        start = done
-        if done[0]:
-            returns.append(total)
-            total = 0.0
-    return float(np.mean(returns)), np.asarray(history[-200:])
-
-
-def learning_run(method: str, task: str, seed: int, n_timesteps: int) -> dict[str, Any]:
-    torch.set_num_threads(1)
-    import envs  # noqa: F401
-    from stable_baselines3.common.env_util import make_vec_env
-    from stable_baselines3.common.vec_env import VecNormalize
-
-    env_id, env_kwargs, threshold, n_eval, _, n_envs, eval_freq = TASKS[task]
-    env = make_vec_env(env_id, n_envs=n_envs, seed=seed, env_kwargs=env_kwargs)
-    eval_env = make_vec_env(env_id, n_envs=1, seed=seed + 10_000, env_kwargs=env_kwargs)
-    if task in NORMALIZED:
-        env = VecNormalize(env)
-        eval_env = VecNormalize(eval_env, training=False, norm_reward=False)
-    model = make_model(method, task, seed, env)
-    evals, grad_norms, train_seconds = [], [], 0.0
-    while model.num_timesteps < n_timesteps:
-        start = time.perf_counter()
-        model.learn(eval_freq, reset_num_timesteps=False)
-        train_seconds += time.perf_counter() - start
-        if task in NORMALIZED:
-            eval_env.obs_rms = env.obs_rms.copy()
-        mean, history = evaluate(model, eval_env, n_eval)
-        evals.append((int(model.num_timesteps), mean))
-        grad_norms.append(hidden_gradient_norm(model, history))
-    hit = next((steps for steps, mean in evals if mean >= threshold), None)
-    return {
-        "method": method,
-        "task": task,
-        "seed": seed,
-        "threshold": threshold,
-        "params": count_params(model),
-        "evals": evals,
-        "grad_norms": grad_norms,
-        "steps_to_threshold": hit,
-        "final_eval": evals[-1][1],
-        "train_seconds": train_seconds,
-        "seconds_per_100k": train_seconds / model.num_timesteps * 1e5,
-        "timesteps": int(model.num_timesteps),
-    }
-
-
-def fmt_steps(steps: list[int | None]) -> str:
-    hits = sorted(s for s in steps if s is not None)
-    if not hits:
-        return "—"
-    return f"{statistics.median(hits) / 1e3:.0f}k [{hits[0] / 1e3:.0f}k, {hits[-1] / 1e3:.0f}k]"
-
-
-def table(runs: list[dict[str, Any]]) -> str:
-    lines = [
-        "| task (threshold) | method | params | solved | steps to threshold | final eval (per seed) | s / 100k steps | ‖∂h_T/∂h_0‖ first → last (median) |",
-        "|---|---|---|---|---|---|---|---|",
-    ]
-    for task in TASKS:
-        for method in METHODS:
-            group = sorted((r for r in runs if r["task"] == task and r["method"] == method), key=lambda r: r["seed"])
-            if not group:
-                continue
-            solved = sum(r["steps_to_threshold"] is not None for r in group)
-            finals = ", ".join(f"{r['final_eval']:.3g}" for r in group)
-            norms = [r["grad_norms"] for r in group if r["grad_norms"] and r["grad_norms"][0] is not None]
-            norm_text = "—"
-            if norms:
-                first = statistics.median(n[0] for n in norms)
-                last = statistics.median(n[-1] for n in norms)
-                norm_text = f"{first:.3g} → {last:.3g}"
-            lines.append(
-                f"| {task} ({group[0]['threshold']:g}) | {method} | {group[0]['params']:,} | {solved}/{len(group)} | "
-                f"{fmt_steps([r['steps_to_threshold'] for r in group])} | {finals} | "
-                f"{statistics.median(r['seconds_per_100k'] for r in group):.0f} | {norm_text} |"
-            )
-    return "\n".join(lines)
-
-
-def cmd_learn(args: argparse.Namespace) -> None:
-    jobs = [(m, t, s) for t in args.tasks for s in args.seeds for m in args.methods]
-    if args.only:  # explicit METHOD:TASK:SEED jobs instead of the product
-        jobs = [(m, t, int(s)) for m, t, s in (job.split(":") for job in args.only)]
-    steps = dict(zip(TASKS, args.steps))
-    out = RESULTS / f"ernn_learn{args.tag}.json"
-    runs: list[dict[str, Any]] = json.loads(out.read_text())["runs"] if args.resume and out.exists() else []
-    done = {(r["method"], r["task"], r["seed"]) for r in runs}
-    jobs = [j for j in jobs if j not in done]
-    with ProcessPoolExecutor(max_workers=args.workers) as pool:
-        futures = {pool.submit(learning_run, m, t, s, steps[t]): (m, t, s) for m, t, s in jobs}
-        for future in as_completed(futures):
-            runs.append(future.result())
-            print(
-                f"done {futures[future]}: final {runs[-1]['final_eval']:.3g}, hit {runs[-1]['steps_to_threshold']}", flush=True
-            )
-            RESULTS.mkdir(parents=True, exist_ok=True)
-            out.write_text(json.dumps({"command": " ".join(sys.argv), "steps": steps, "runs": runs}, indent=1))
-    text = table(runs)
-    print(text)
-    (RESULTS / f"ernn_learn{args.tag}.md").write_text(
-        f"`{' '.join(sys.argv)}` (and earlier runs resumed from the JSON)\n\n{text}\n"
-    )
 
 
 def cmd_gradnorm(args: argparse.Namespace) -> None:
@@ -407,18 +262,6 @@ def cmd_speed(args: argparse.Namespace) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     commands = parser.add_subparsers(dest="command", required=True)
-    learn = commands.add_parser("learn")
-    learn.add_argument("--tasks", nargs="+", default=list(TASKS), choices=list(TASKS))
-    learn.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
-    learn.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
-    learn.add_argument(
-        "--steps", nargs=4, type=int, default=[15_000, 30_000, 45_000, 100_000], help="steps per task, in TASKS order"
-    )
-    learn.add_argument("--workers", type=int, default=2)
-    learn.add_argument("--tag", default="", help="suffix of the results file")
-    learn.add_argument("--resume", action="store_true", help="skip runs already in the results file")
-    learn.add_argument("--only", nargs="+", metavar="METHOD:TASK:SEED", help="run exactly these jobs (in this order)")
-    learn.set_defaults(handler=cmd_learn)
     grad = commands.add_parser("gradnorm")
     grad.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     grad.add_argument("--horizons", nargs="+", type=int, default=[10, 100, 1000])

@@ -120,6 +120,17 @@ def fvp_case(name: str, obs_dim: int, action_space: gym.Space, net_arch: list[in
     def ours_fvp():
         return fisher.mv(vector)
 
+    # A gradient of the surrogate mean(r(θ)Â), r = π(a|s)/π_old(a|s), on the same states: forward and backward.
+    with torch.no_grad():
+        old = policy.get_distribution(obs)
+        sampled_actions = old.sample()
+        old_log_prob = old.log_prob(sampled_actions)
+    advantages = torch.randn(n_states, generator=torch.Generator().manual_seed(1))
+
+    def surrogate_gradient():
+        ratio = torch.exp(policy.get_distribution(obs).log_prob(sampled_actions) - old_log_prob)
+        return torch.autograd.grad((ratio * advantages).mean(), actor_params)
+
     def ours_cg():
         op = policy_fisher(policy, obs, damping=0.1)
         return conjugate_gradient(op.mv, gradient, max_iter=10, tol=0.0)
@@ -142,6 +153,8 @@ def fvp_case(name: str, obs_dim: int, action_space: gym.Space, net_arch: list[in
         torch.set_num_threads(threads)
         result[f"trpo_fvp_ms_{threads}t"], result[f"ours_fvp_ms_{threads}t"] = _interleaved_ms(trpo_fvp, ours_fvp, repeats)
         result[f"trpo_cg10_ms_{threads}t"], result[f"ours_cg10_ms_{threads}t"] = _interleaved_ms(trpo_cg, ours_cg, max(5, repeats // 2))
+        result[f"gradient_ms_{threads}t"], fvp_ms = _interleaved_ms(surrogate_gradient, ours_fvp, repeats)
+        result[f"fvp_in_gradients_{threads}t"] = fvp_ms / result[f"gradient_ms_{threads}t"]
     return result
 
 
@@ -162,6 +175,12 @@ def cmd_fvp(args: argparse.Namespace) -> None:
               f"{c['ours_cg10_ms_1t'] / c['trpo_cg10_ms_1t']:.2f} / {c['ours_cg10_ms_2t'] / c['trpo_cg10_ms_2t']:.2f} | "
               f"{'yes' if c['products_agree'] else 'NO'} |")
     print("¹ ngrl's product equals TRPO's times d, the action dimension: TRPO averages its Gaussian KL over dimensions.")
+    print()
+    print("| policy | surrogate gradient, forward + backward (ms) | ngrl FVP in gradient-equivalents |")
+    print("|---|---|---|")
+    for c in cases:
+        print(f"| {c['case']} | {c['gradient_ms_1t']:.2f} / {c['gradient_ms_2t']:.2f} | "
+              f"{c['fvp_in_gradients_1t']:.2f} / {c['fvp_in_gradients_2t']:.2f} |")
     RESULTS.mkdir(parents=True, exist_ok=True)
     out = RESULTS / "npg_fvp.json"
     out.write_text(json.dumps({"command": " ".join(sys.argv), "cases": cases}, indent=1))

@@ -77,10 +77,70 @@ def test_a_failing_run_is_recorded_and_the_others_finish(tmp_path):
     (["--algos", "npg", "--envs", "CartPole-v1", "--hyperparams", "target_kl=-1"], "target_kl"),
     (["--algos", "npg", "--envs", "CartPole-v1", "--eval-freq", "0"], "--eval-freq"),
     (["--algos", "npg", "ppo", "--envs", "CartPole-v1", "--hyperparams", "target_kll=0.1"], "no algorithm of the grid"),
+    (["--algos", "dqn-notargt", "--envs", "CartPole-v1"], "Did you mean dqn-notarget"),
+    (["--algos", "npg-ernn", "--envs", "CartPole-v1", "--variants", "no/such.yml"], "--variants no/such.yml"),
 ])
 def test_bad_grids_are_refused_before_ray_starts(tmp_path, capsys, args, message):
     assert train.main(["benchmark", *args, "--out", str(tmp_path / "b")]) == 2
     assert message in capsys.readouterr().err
+
+
+VARIANTS = """
+npg-small:
+  algo: npg
+  base_config: false          # not configs/npg.yml's CartPole block: constructor defaults, then these
+  hyperparams: {n_steps: 256, batch_size: 128, target_kl: 0.02, policy_kwargs: {net_arch: [8]}}
+  envs:
+    CartPole-v1: {target_kl: 0.03}
+notarget:
+  algo: dqn                   # over configs/dqn.yml's CartPole block
+  hyperparams: {target_network: false}
+"""
+
+
+def test_a_variant_runs_with_its_hyperparameters_and_runs_csv_names_it(tmp_path):
+    """Variant over the base config (or over the defaults), env block over the variant, --hyperparams over both."""
+    from stable_baselines3 import DQN
+
+    (tmp_path / "variants.yml").write_text(VARIANTS)
+    out = tmp_path / "bench"
+    assert train.main(["benchmark", "--algos", "npg-small", "notarget", "--envs", "CartPole-v1", "--seeds", "0", "--out", str(out),
+                       "--variants", str(tmp_path / "variants.yml"), "--hyperparams", "batch_size=64",
+                       "--n-timesteps", "1280", "--eval-freq", "640", "--n-eval-episodes", "2", "--workers", "2"]) == 0
+    runs = read_csv(out / "runs.csv")
+    assert [(r["algo"], r["status"]) for r in runs] == [("notarget", "ok"), ("npg-small", "ok")]
+    assert all(int(r["training_episodes"]) > 0 for r in runs)
+    npg = (out / "npg-small" / "CartPole-v1_0" / "config.yml").read_text()
+    assert npg.startswith("# npg-small (a variant of npg) on CartPole-v1")
+    assert "target_kl: 0.03" in npg and "n_steps: 256" in npg and "batch_size: 64" in npg
+    assert "n_critic_updates" not in npg and "cg_damping" not in npg  # base_config: false
+    dqn = (out / "notarget" / "CartPole-v1_0" / "config.yml").read_text()
+    assert "target_network: false" in dqn and "train_freq: 256" in dqn and "batch_size: 64" in dqn  # zoo block kept
+    assert json.loads((out / "notarget" / "CartPole-v1_0" / "result.json").read_text())["algorithm"] == "dqn"
+    assert DQN.load(out / "notarget" / "CartPole-v1_0" / "model.zip").target_network is False
+    assert NPG.load(out / "npg-small" / "CartPole-v1_0" / "model.zip").target_kl == 0.03
+    assert "| CartPole-v1 (475) | notarget |" in (out / "summary.md").read_text()
+
+
+@pytest.mark.parametrize("text, message", [
+    ("v:\n  hyperparams: {}\n", "at least 'algo:'"),
+    ("v:\n  algo: npg\n  hyperparam: {}\n", "unknown key"),
+    ("v:\n  algo: npg\n  envs: {CartPole-v1: 3}\n", "'envs' env ids"),
+    ("v:\n  algo: nppg\n", "not one of"),
+    ("npg:\n  algo: ppo\n", "the name of an algorithm"),
+])
+def test_bad_variants_are_refused(tmp_path, text, message):
+    (tmp_path / "variants.yml").write_text(text)
+    with pytest.raises(train.UsageError, match=message):
+        train.grid_algorithm("v" if "npg:" not in text else "npg", str(tmp_path / "variants.yml"))
+
+
+def test_best_100_episode_average_by_hand():
+    returns = [0.0] * 50 + [1.0] * 100 + [0.0] * 30
+    assert train.best_window_average(returns) == 1.0
+    assert train.best_window_average(list(range(150))) == pytest.approx(sum(range(50, 150)) / 100)
+    assert train.best_window_average([5.0] * 99) is None
+    assert train.best_window_average([1.0, 3.0, 2.0], window=2) == 2.5
 
 
 def _free_port() -> int:

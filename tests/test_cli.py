@@ -157,6 +157,22 @@ BAD_INPUTS = {
     "adapt output is a folder": (lambda t: ["adapt", "--model", _reptile_checkpoint(t), "--output", str(t)], "is a folder"),
     "adapt an npg checkpoint": (lambda t: ["adapt", "--model", _npg_checkpoint(t)], "not by a meta-learner"),
     "adapt a corrupt file": (lambda t: ["adapt", "--model", _garbage(t)], "not a readable ngrl checkpoint"),
+    "meta class not a family": (["meta-train", "--algo", "reptile", "--env", "tests.fixtures.custom_envs:GoLeft", "--n-timesteps", "10"],
+                                "GoLeft is not a task family: it has no sample_tasks, set_task, get_task"),
+    "meta family without get_task": (["meta-train", "--algo", "reptile", "--env", "tests.fixtures.custom_families:FamilyWithoutGetTask"],
+                                     "it has no get_task (a family needs"),
+    "meta unimportable family module": (["meta-train", "--algo", "reptile", "--env", "no_such_module:Family"], "could not import"),
+    "meta unimportable gym package": (["meta-train", "--algo", "reptile", "--gym-packages", "no_such_package", "--env", "ngrl/LineGoal-v0"],
+                                      "could not import --gym-packages"),
+    "meta bad family kwargs": (["meta-train", "--algo", "reptile", "--env", "tests.fixtures.custom_families:PointToTarget",
+                                "--env-kwargs", "width=3"], "env kwargs"),
+    "adapt a family given in code without --env": (lambda t: ["adapt", "--model", _code_family_checkpoint(t)], "name it again with --env"),
+    "adapt on an env that is not a family": (lambda t: ["adapt", "--model", _reptile_checkpoint(t), "--env", "CartPole-v1"],
+                                             "not a task family"),
+    "adapt on a family of other spaces": (lambda t: ["adapt", "--model", _reptile_checkpoint(t), "--env", "ngrl/LineGoal-v0"],
+                                          "does not fit --env ngrl/LineGoal-v0"),
+    "adapt unimportable gym package": (lambda t: ["adapt", "--model", _reptile_checkpoint(t), "--gym-packages", "no_such_package"],
+                                       "could not import --gym-packages"),
 }
 
 
@@ -169,6 +185,14 @@ def _garbage(tmp_path) -> str:
 def _npg_checkpoint(tmp_path) -> str:
     path = tmp_path / "npg.zip"
     NPG("MlpPolicy", "CartPole-v1", n_steps=32, batch_size=32, policy_kwargs=dict(net_arch=[8])).save(path)
+    return str(path)
+
+
+def _code_family_checkpoint(tmp_path) -> str:
+    from tests.fixtures.custom_families import PointToTarget
+
+    path = tmp_path / "family.zip"
+    Reptile("MlpPolicy", PointToTarget, meta_batch_size=2, n_steps=16, policy_kwargs=dict(net_arch=[8])).save(path)
     return str(path)
 
 
@@ -329,6 +353,37 @@ def test_meta_train_then_adapt(tmp_path):
     adapted = run("adapt", "--model", str(model), "--n-tasks", "2", "--n-updates", "0", "1", "--output", str(out))
     assert adapted.returncode == 0, adapted.stderr
     assert "| 1 |" in adapted.stdout and out.is_file()
+
+
+def test_meta_train_and_adapt_a_family_given_as_module_class(tmp_path):
+    """A user's own family (not registered) by module:Class, as train takes envs; adapt needs it named again."""
+    family = "tests.fixtures.custom_families:PointToTarget"
+    result = run("meta-train", "--algo", "fomaml", "--env", family, "--n-timesteps", "40", "--quiet", "--log-folder", str(tmp_path),
+                 "--n-eval-tasks", "2", "--hyperparams", "meta_batch_size=2", "n_steps=16", "policy_kwargs=dict(net_arch=[8])",
+                 "inner_kwargs=dict(n_critic_updates=1)")
+    assert result.returncode == 0, result.stderr
+    assert f"held-out tasks of {family}" in result.stdout and "| 1 |" in result.stdout
+    model = checkpoint_from(result.stdout)
+    assert model.name == "tests.fixtures.custom_families-PointToTarget.zip"
+    refused = run("adapt", "--model", str(model))
+    assert refused.returncode == 2 and f"--env {family}" in refused.stderr, refused.stderr
+    out = tmp_path / "adapt.json"
+    adapted = run("adapt", "--model", str(model), "--env", "tests.fixtures.custom_families:make_point_to_target",
+                  "--env-kwargs", "horizon=4", "--n-tasks", "2", "--n-updates", "0", "1", "--output", str(out))
+    assert adapted.returncode == 0, adapted.stderr
+    assert "| 1 |" in adapted.stdout and len(yaml.safe_load(out.read_text())["tasks"]) == 2
+
+
+def test_meta_train_a_family_a_gym_package_registers(tmp_path, capsys):
+    args = ["meta-train", "--algo", "reptile", "--gym-packages", "tests.fixtures.registering_families", "--env",
+            "PointToTargetRegistered-v0", "--n-timesteps", "24", "--quiet", "--log-folder", str(tmp_path), "--hyperparams",
+            "meta_batch_size=2", "n_steps=12", "policy_kwargs=dict(net_arch=[8])"]
+    assert train.main(args) == 0
+    model = checkpoint_from(capsys.readouterr().out)
+    assert Reptile.load(model).env_id == "PointToTargetRegistered-v0"
+    assert train.main(["adapt", "--model", str(model), "--n-tasks", "2", "--n-updates", "1",
+                       "--gym-packages", "tests.fixtures.registering_families"]) == 0
+    assert "| 1 |" in capsys.readouterr().out
 
 
 def test_budget_overshoot_is_reported(tmp_path):

@@ -201,6 +201,7 @@ def test_bad_shapes_are_explained() -> None:
         model.cell(torch.randn(2, 4))
 
 
+@pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_runs_on_cuda_like_on_cpu() -> None:
     torch.manual_seed(0)
