@@ -27,6 +27,7 @@ class CGResult:
     :param status: ``"converged"``, ``"max_iter"``, ``"not_positive_definite"`` (a direction with pᵀAp ≤ 0) or
         ``"singular"`` (A is singular, or nearly, along a direction that b needs: A x = b has no solution)
     :param message: a sentence saying why the solver stopped
+    :param quadratic: xᵀAx, when the solver knows it without another product (nan otherwise)
     """
 
     x: Tensor
@@ -35,6 +36,7 @@ class CGResult:
     converged: bool
     status: str
     message: str
+    quadratic: float = math.nan
 
     def raise_if_not_positive_definite(self) -> "CGResult":
         """Turn a ``not_positive_definite`` or ``singular`` stop into :class:`NotPositiveDefiniteError`; return self otherwise."""

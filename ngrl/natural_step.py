@@ -99,7 +99,8 @@ def natural_step(
     :param learning_rate: η for a fixed-rate step; None for the trust-region rule
     :param cg: the conjugate-gradient configuration
     :param preconditioner: r ↦ M⁻¹r (or a positive diag(M)) for CG
-    :param solve: a direction already computed (e.g. by compatible function approximation): CG is skipped
+    :param solve: a direction already computed (e.g. by compatible function approximation): CG is skipped;
+        its ``quadratic`` (wᵀAw), when known, stands for ``operator.quadratic(w)`` — so it must be a solve with ``operator``
     :param line_search: backtrack the trust-region step (needs ``evaluate`` and ``baseline_objective``)
     :param evaluate: the step s·w ↦ (objective, KL) at θ ± s·w (the caller picks the sign); the line
         search calls it at s = fraction·α, and without a line search it is called once at s = α
@@ -121,7 +122,7 @@ def natural_step(
 
     quadratic = math.nan
     if learning_rate is None or max_kl is not None or need_quadratic:
-        quadratic = operator.quadratic(direction)  # wᵀAw = wᵀ(C + λI)w
+        quadratic = solve.quadratic if math.isfinite(solve.quadratic) else operator.quadratic(direction)  # wᵀ(C + λI)w
     if learning_rate is None:
         full_step = kl_step_size(quadratic, max_kl)  # α = sqrt(2δ / wᵀAw)
     else:

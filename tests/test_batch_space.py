@@ -128,3 +128,12 @@ def test_the_batch_space_is_chosen_where_it_costs_less():
     generic = gauss_newton(lambda values, x: torch.func.functional_call(net, dict(zip(names, values)), (x,)), list(net.parameters()),
                            torch.randn(64, 4, dtype=torch.float64), output_index=torch.zeros(64, dtype=torch.long))
     assert not generic.batch_space_preferred(5)
+
+
+@pytest.mark.parametrize("cg", [None, CGConfig(max_iter=3, tol=0.0)], ids=["exact", "cg"])
+def test_the_solve_reports_the_quadratic_form_of_its_solution(cg):
+    net = q_network()
+    inputs = torch.randn(6, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(7))
+    curvature = gauss_newton(net, list(net.parameters()), inputs, damping=0.2, output_index=torch.tensor([0, 1, 1, 0, 1, 0]))
+    result = curvature.batch_space_solve(torch.randn(6, dtype=torch.float64, generator=torch.Generator().manual_seed(8)), cg=cg)
+    assert result.quadratic == pytest.approx(float(result.x @ curvature.dense() @ result.x), rel=1e-10)

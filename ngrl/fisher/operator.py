@@ -132,8 +132,9 @@ class GaussNewtonOperator(CurvatureOperator):
           space from x = 0 — the same truncated solve, residuals and stopping rule — each iteration
           costing m × m products instead of a jvp and a vjp through the network.
 
-        Either way x costs one more vjp. Cheaper than products through the network when m ≪ p (a
-        minibatch and a network).
+        Either way x costs one more vjp, and xᵀ(C + λI)x = ‖Ku‖²/n + λ·uᵀKu comes without a product
+        (``quadratic`` of the result). Cheaper than products through the network when m ≪ p (a minibatch and a
+        network).
 
         :param coefficients: v, shape (m,), ordered (c, i) like ``output_sqrt`` columns × samples
         :param cg: truncate the solve as this CG would (None: solve exactly)
@@ -165,7 +166,9 @@ class GaussNewtonOperator(CurvatureOperator):
             residual = float(torch.linalg.vector_norm(system @ u - coefficients) / torch.linalg.vector_norm(coefficients).clamp_min(1e-300))
             iterations, converged, status, message = 0, True, "converged", f"solved exactly in the batch space ({n * c}×{n * c} system)"
         x = flatten(self.linearization.vjp(torch.einsum("cn,nkc->nk", u.reshape(c, n), root)))
-        return CGResult(x, iterations, residual, converged, status, message)
+        ku = gram @ u  # = Bx
+        quadratic = float(ku.dot(ku) * self._scale + self.damping * u.dot(ku))  # xᵀ(C + λI)x = ‖Bx‖²/n + λ‖x‖²
+        return CGResult(x, iterations, residual, converged, status, message, quadratic)
 
     def _diagonal(self) -> Tensor:
         if self._output_sqrt is None:
