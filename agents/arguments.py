@@ -248,6 +248,11 @@ RULES: dict[str, dict[str, Rule]] = {
         "env_kwargs": optional(mapping),
         "vec_env_class": one_of("dummy", "subproc"),
     },
+    "RL2": {
+        "episodes_per_trial": positive_int,
+        "n_envs": positive_int,
+        "env_kwargs": optional(mapping),
+    },
     "FOMAML": {
         "meta_step": one_of("optimizer", "natural"),
         "meta_target_kl": positive_float,

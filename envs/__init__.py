@@ -19,6 +19,8 @@ register(id="ngrl/Navigation2D-v0", entry_point="envs.navigation:Navigation2DEnv
 register(id="ngrl/CartPoleDynamics-v0", entry_point="envs.dynamics:make_cartpole_dynamics", max_episode_steps=500)
 register(id="ngrl/PendulumDynamics-v0", entry_point="envs.dynamics:make_pendulum_dynamics", max_episode_steps=200)
 register(id="ngrl/TargetBandit-v0", entry_point="envs.bandit:TargetBanditEnv")  # one-step episodes
+# RL² trials of any family: gym.make("ngrl/Trial-v0", family="ngrl/TargetBandit-v0", episodes_per_trial=2)
+register(id="ngrl/Trial-v0", entry_point="envs.trial:TrialEnv")
 # Families whose tasks need different policies (the task is not observed; no memoryless policy suits all tasks).
 register(id="ngrl/LineGoal-v0", entry_point="envs.line_goal:make_line_goal", max_episode_steps=30)
 register(id="ngrl/CartPoleActuator-v0", entry_point="envs.cartpole_actuator:make_cartpole_actuator", max_episode_steps=500)

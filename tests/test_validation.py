@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from agents import FOMAML, IMAML, NGDQN, NPG, VPG, Reptile
+from agents import FOMAML, IMAML, NGDQN, NPG, RL2, VPG, Reptile
 from agents.ngdqn import BaselineDQN
 from tests.fixtures.custom_envs import EmptyObservations
 
@@ -44,6 +44,15 @@ def test_constructors_name_the_bad_argument(algo, name, value):
 def test_meta_learners_name_the_bad_argument(algo, name, value):
     with pytest.raises(ValueError, match=name):
         algo("MlpPolicy", NAV, **{**META, name: value})
+
+
+@pytest.mark.parametrize("name, value", [
+    ("episodes_per_trial", 0), ("episodes_per_trial", 1.5), ("episodes_per_trial", True), ("n_envs", 0),
+    ("env_kwargs", 3), ("target_kl", math.nan), ("gamma", 1.5),
+])
+def test_rl2_names_the_bad_argument(name, value):
+    with pytest.raises(ValueError, match=name):
+        RL2("MlpErnnPolicy", "ngrl/TargetBandit-v0", **{name: value})
 
 
 def test_an_inner_learners_bad_argument_is_refused_at_construction():
