@@ -378,10 +378,11 @@ def new_run_dir(log_folder: str, algo: str, env: str, seed: int) -> pathlib.Path
     return run_dir
 
 
-def write_run_files(run_dir: pathlib.Path, env: str, block: dict[str, Any], algo: str) -> None:
+def write_run_files(run_dir: pathlib.Path, env: str, block: dict[str, Any], algo: str, command: Sequence[str] | None = None) -> None:
+    """config.yml and command.txt (``command``, else this process's command line) in the run's folder."""
     header = f"# {algo} on {env}: the configuration this run used; rerun it with --config {run_dir / 'config.yml'}\n"
     (run_dir / "config.yml").write_text(header + yaml.safe_dump({env: block}, sort_keys=False))
-    (run_dir / "command.txt").write_text(shlex.join([sys.executable, *sys.argv]) + "\n")
+    (run_dir / "command.txt").write_text(shlex.join(command or [sys.executable, *sys.argv]) + "\n")
 
 
 def replay_buffer_path(model_path: pathlib.Path) -> pathlib.Path:
@@ -1069,7 +1070,7 @@ def benchmark_run(task: dict[str, Any]) -> dict[str, Any]:
                        n_timesteps=task["n_timesteps"], env_kwargs=task.get("env_kwargs"), base_config=task.get("base_config", True))
     model = build_model(spec, device=task.get("device", "cpu"))
     label = spec.algo if task["algo"] == spec.algo else f"{task['algo']} (a variant of {spec.algo})"
-    write_run_files(run_dir, spec.env, spec.config_block(), label)
+    write_run_files(run_dir, spec.env, spec.config_block(), label, task.get("command"))  # the grid's command, not the worker's
     evaluation = PeriodicEvaluation(spec, task["eval_freq"], task["n_eval_episodes"], quiet=True)
     returns: list[float] = []
     began = time.perf_counter()
@@ -1107,6 +1108,8 @@ def random_policy_score(spec: RunSpec, n_episodes: int) -> float:
 
 
 def _write_json(path: pathlib.Path, data: Any) -> None:
+    """Write ``data`` atomically, creating the folder: a run whose worker died before starting it has none yet."""
+    path.parent.mkdir(parents=True, exist_ok=True)
     temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     temporary.write_text(json.dumps(data, indent=1))
     os.replace(temporary, path)
@@ -1206,7 +1209,8 @@ def cmd_benchmark(args: argparse.Namespace) -> int:
                     continue  # finished in an earlier invocation
                 tasks.append({"algo": entry.name, "run_algo": entry.algo, "base_config": entry.base_config, "env": env, "seed": seed,
                               "overrides": run_overrides, "env_kwargs": env_kwargs, "n_timesteps": args.n_timesteps,
-                              "eval_freq": args.eval_freq, "n_eval_episodes": args.n_eval_episodes, "run_dir": str(run_dir)})
+                              "eval_freq": args.eval_freq, "n_eval_episodes": args.n_eval_episodes, "run_dir": str(run_dir),
+                              "command": [sys.executable, *sys.argv]})
     total = len(args.algos) * len(args.envs) * len(args.seeds)
     print(f"{total - len(tasks)} of {total} runs already finished under {out}; {len(tasks)} to run.", flush=True)
     out.mkdir(parents=True, exist_ok=True)

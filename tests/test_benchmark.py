@@ -120,6 +120,7 @@ def test_a_variant_runs_with_its_hyperparameters_and_runs_csv_names_it(tmp_path)
     assert DQN.load(out / "notarget" / "CartPole-v1_0" / "model.zip").target_network is False
     assert NPG.load(out / "npg-small" / "CartPole-v1_0" / "model.zip").target_kl == 0.03
     assert "| CartPole-v1 (475) | notarget |" in (out / "summary.md").read_text()
+    assert "default_worker" not in (out / "notarget" / "CartPole-v1_0" / "command.txt").read_text()  # the grid's command line
 
 
 @pytest.mark.parametrize("text, message", [
@@ -149,15 +150,53 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def _stop_processes_mentioning(text: str) -> None:
+    """SIGTERM, then SIGKILL, the processes whose command line holds ``text`` (a cluster's own temp dir): only
+    that cluster's processes, not every Ray on the machine as `ray stop` would (its workers die with its raylet)."""
+    import signal
+    import time
+
+    def matching() -> list[int]:
+        pids = []
+        for entry in pathlib.Path("/proc").iterdir():
+            try:
+                if entry.name.isdigit() and text in (entry / "cmdline").read_bytes().decode(errors="replace"):
+                    pids.append(int(entry.name))
+            except OSError:
+                continue
+        return [pid for pid in pids if pid != os.getpid()]
+
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        for pid in matching():
+            try:
+                os.kill(pid, sig)
+            except ProcessLookupError:
+                pass
+        deadline = time.monotonic() + 15
+        while matching() and time.monotonic() < deadline:
+            time.sleep(0.2)
+
+
+@pytest.mark.skipif(not pathlib.Path("/proc").is_dir(), reason="tears its cluster down through /proc")
 def test_a_two_process_ray_cluster(tmp_path):
-    """`ray start --head` in one process, the benchmark joining it with --ray-address from another; torn down after."""
+    """`ray start --head` in one process, the benchmark joining it with --ray-address from another; torn down after.
+
+    The cluster lives in a temp dir of its own (a short path: Ray's socket paths are limited), so a plain
+    ray.init() elsewhere on the machine does not find it, and teardown stops its processes only.
+    """
+    import tempfile
+
     ray_cli = shutil.which("ray") or str(pathlib.Path(sys.executable).with_name("ray"))
     port = _free_port()
-    environment = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
-    started = subprocess.run([ray_cli, "start", "--head", f"--port={port}", "--num-cpus=2", "--include-dashboard=false",
-                              "--disable-usage-stats"], capture_output=True, text=True, timeout=120, env=environment)
-    assert started.returncode == 0, started.stderr
+    temp_dir = tempfile.mkdtemp(prefix="ngrl-ray-", dir="/tmp")
+    # the token Ray's head would create lives in its temp dir, where the joining driver does not look: a loopback
+    # cluster for one test needs none
+    environment = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "RAY_AUTH_MODE": "disabled"}
     try:
+        started = subprocess.run([ray_cli, "start", "--head", f"--port={port}", "--num-cpus=2", "--include-dashboard=false",
+                                  "--disable-usage-stats", f"--temp-dir={temp_dir}"],
+                                 capture_output=True, text=True, timeout=120, env=environment)
+        assert started.returncode == 0, started.stderr
         out = tmp_path / "bench"
         result = subprocess.run([sys.executable, str(ROOT / "train.py"), "benchmark", "--algos", "npg", "--envs", "CartPole-v1",
                                  "--seeds", "0", "1", "--out", str(out), "--ray-address", f"127.0.0.1:{port}", *GRID[:6]],
@@ -166,7 +205,8 @@ def test_a_two_process_ray_cluster(tmp_path):
         assert [r["status"] for r in read_csv(out / "runs.csv")] == ["ok", "ok"]
         assert json.loads((out / "npg" / "CartPole-v1_0" / "result.json").read_text())["timesteps"] >= 1024
     finally:
-        subprocess.run([ray_cli, "stop", "--force"], capture_output=True, timeout=120)
+        _stop_processes_mentioning(temp_dir)
+        shutil.rmtree(temp_dir, ignore_errors=True)
 
 
 def test_importing_the_library_does_not_import_ray():
@@ -233,3 +273,11 @@ def test_ctrl_c_keeps_the_finished_runs(tmp_path):
     rerun = subprocess.run(command, cwd=tmp_path, env=environment, capture_output=True, text=True, timeout=300)
     assert rerun.returncode == 0 and "1 of 2 runs already finished" in rerun.stdout
     assert [r["status"] for r in read_csv(out / "runs.csv")] == ["ok", "ok"]
+
+
+def test_a_failure_is_recorded_for_a_run_whose_folder_was_never_made(tmp_path):
+    """A worker that dies (e.g. its raylet) before the run starts leaves no run folder: the failure is still written."""
+    result = tmp_path / "npg" / "CartPole-v1_0" / "result.json"
+    train._write_json(result, {"status": "failed", "error": "The task's local raylet died."})
+    assert json.loads(result.read_text())["status"] == "failed"
+    assert not list(result.parent.glob(".*.tmp"))

@@ -70,10 +70,11 @@ def test_normalized_rewards_are_discounted_with_the_algorithms_gamma():
 
 
 def variant_entries() -> list[tuple[str, str]]:
-    """Each variant of configs/variants.yml on each env it has a block for, on CartPole-v1 and on the cue corridor."""
+    """Each variant of configs/variants.yml on each env it has a block for (CartPole-v1 when it has none); the ERNN
+    table's variants also on the cue corridor, the task they were made for."""
     table = yaml.safe_load((CONFIGS / "variants.yml").read_text())
-    return [(name, env) for name, block in table.items()
-            for env in dict.fromkeys([*(block.get("envs") or {}), "CartPole-v1", "ngrl/CueCorridor-v0"])]
+    entries = [(name, env) for name, block in table.items() for env in (block.get("envs") or {"CartPole-v1": {}})]
+    return entries + [(name, "ngrl/CueCorridor-v0") for name in ("npg-ernn", "npg-lstm", "npg-mlp", "rppo-lstm")]
 
 
 @pytest.mark.parametrize("name, env_id", variant_entries(), ids=lambda x: str(x))
