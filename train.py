@@ -500,6 +500,9 @@ def resume_arguments(argv: Sequence[str]) -> list[str]:
 # --- train and eval ---------------------------------------------------------------------------
 
 
+CONTRIB_PEERS = ("trpo", "recurrentppo")  # sb3-contrib's (the bench extra)
+
+
 def peer_algorithms() -> dict[str, type]:
     """SB3's and sb3-contrib's algorithms that ``benchmark`` runs beside ngrl's (configs/<name>.yml: rl-zoo3's entries).
     ``dqn`` is SB3's DQN with NGDQN's ``target_network`` switch (``agents.ngdqn.BaselineDQN``; on by default: SB3's DQN)."""
@@ -533,6 +536,8 @@ def algorithm(name: str, meta: bool = False, peers: bool = False) -> type:
         return table[name]
     if name in other:
         raise UsageError(f"{name} is a {'single-task' if meta else 'meta-'}algorithm: use `train.py {'train' if meta else 'meta-train'} --algo {name}`")
+    if peers and name in CONTRIB_PEERS:
+        raise UsageError(f"{name} is sb3-contrib's, which is not installed: python -m pip install -e \".[bench]\"")
     close = difflib.get_close_matches(name, list(table), n=1)
     hint = f" Did you mean {close[0]}?" if close else ""
     raise UsageError(f"unknown algorithm {name!r}.{hint} Available: {', '.join(table)}.")
@@ -1024,9 +1029,13 @@ def grid_algorithm(name: str, variants_file: str | None = None) -> GridAlgorithm
         return GridAlgorithm(name, name)
     if name in variants:
         variant = variants[name]
+        if variant.algo in CONTRIB_PEERS and variant.algo not in known:
+            raise UsageError(f"variant {name!r} runs {variant.algo}, sb3-contrib's, which is not installed: python -m pip install -e \".[bench]\"")
         if variant.algo not in known:
             raise UsageError(f"{path}: variant {name!r} runs algo {variant.algo!r}, which is not one of {', '.join(known)}")
         return variant
+    if name in CONTRIB_PEERS:
+        raise UsageError(f"{name} is sb3-contrib's, which is not installed: python -m pip install -e \".[bench]\"")
     close = difflib.get_close_matches(name, [*known, *variants], n=1)
     hint = f" Did you mean {close[0]}?" if close else ""
     raise UsageError(f"unknown algorithm {name!r}.{hint} Available: {', '.join(known)}; variants ({path}): {', '.join(variants) or 'none'}.")
