@@ -159,18 +159,9 @@ def test_one_step_equals_dense_natural_gradient(use_target, curvature_outputs, t
     torch.testing.assert_close(got, expected, rtol=1e-9, atol=1e-10)
 
 
-def test_exact_solve_with_clipped_gradient_equals_dense_step():
-    model = _float64_model(FlattenExtractor, damping=0.3, solver="exact", max_grad_norm=0.05)
-    data = _batch()
-    expected, _, _ = _dense_reference(model, data, lr=0.7, damping=0.3, use_target=False, max_grad_norm=0.05)
-    unclipped, _, _ = _dense_reference(model, data, lr=0.7, damping=0.3, use_target=False)
-    assert (expected - unclipped).abs().max() > 1e-4  # the clipping is active in this test
-    model._natural_step(data, 0.7)
-    torch.testing.assert_close(torch.cat([p.detach().reshape(-1) for p in model.q_net.parameters()]), expected, rtol=1e-9, atol=1e-10)
-
-
-def test_preconditioned_solve_with_clipped_gradient_equals_dense_step():
-    model = _float64_model(FlattenExtractor, damping=0.3, cg_max_steps=100, preconditioner="diagonal", max_grad_norm=0.05)
+@pytest.mark.parametrize("solver_kwargs", [dict(solver="exact"), dict(cg_max_steps=100, preconditioner="diagonal")], ids=["exact", "preconditioned-cg"])
+def test_solve_with_clipped_gradient_equals_dense_step(solver_kwargs):
+    model = _float64_model(FlattenExtractor, damping=0.3, max_grad_norm=0.05, **solver_kwargs)
     data = _batch()
     expected, _, _ = _dense_reference(model, data, lr=0.7, damping=0.3, use_target=False, max_grad_norm=0.05)
     unclipped, _, _ = _dense_reference(model, data, lr=0.7, damping=0.3, use_target=False)
