@@ -221,13 +221,13 @@ def check_device(device: str) -> None:
         raise UsageError(f"--device {device} was asked for, but this machine has no CUDA device: use --device cpu (or auto)")
 
 
-def pop_int(params: dict[str, Any], key: str, default: int, given: int | None = None) -> int:
+def pop_int(params: dict[str, Any], key: str, default: int, given: int | None = None, minimum: int = 1) -> int:
     value = given if given is not None else params.get(key, default)
     params.pop(key, None)
     if isinstance(value, float) and value.is_integer():
         value = int(value)
-    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-        raise UsageError(f"{key} must be a positive integer, got {value!r}")
+    if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
+        raise UsageError(f"{key} must be a {'positive' if minimum == 1 else 'non-negative'} integer, got {value!r}")
     return value
 
 
@@ -635,13 +635,14 @@ def resolve_run(algo: str, env: str, *, seed: int | None, overrides: dict[str, A
     (``base_config=False``: the overrides alone, over the constructor's defaults).
 
     A meta-learner (reptile, fomaml, imaml) needs a registered task family; its sub-envs are its tasks, so it
-    takes neither ``n_envs`` nor ``normalize``.
+    takes neither ``n_envs`` nor ``normalize``. ``n_timesteps=0`` (a grid row's own budget, never a config's): the
+    model is built and evaluated, never trained.
     """
     algo_cls = algorithm(algo, peers=True)
     params = load_hyperparams(algo, env, overrides, config, base_config)
     kwargs = {**_mapping("env_kwargs", params.pop("env_kwargs", None) or {}), **(env_kwargs or {})}
     run_seed_ = run_seed(seed, params.pop("seed", 0))
-    steps = pop_int(params, "n_timesteps", 200_000 if is_meta(algo) else 100_000, n_timesteps)
+    steps = pop_int(params, "n_timesteps", 200_000 if is_meta(algo) else 100_000, n_timesteps, minimum=0 if n_timesteps == 0 else 1)
     if is_meta(algo):
         check_task_family(env, kwargs)
         for key in ("n_envs", "normalize"):
@@ -713,10 +714,7 @@ class PeriodicEvaluation:
         if isinstance(self._env, VecNormalize):
             sync_envs_normalization(model.get_env(), self._env)
         if hasattr(model, "evaluate_adaptation"):  # a meta-learner: return after one inner update on held-out tasks
-            from envs.task_family import held_out_tasks
-
-            tasks = held_out_tasks(resolve_env(self.spec.env), self.n_episodes, self.spec.seed + 10_000, self.spec.env_kwargs)
-            returns = model.evaluate_adaptation(tasks, n_updates=[1], seed=self.spec.seed + 10_000)[1]
+            returns = model.evaluate_adaptation(self.held_out_tasks(), n_updates=[1], seed=self.spec.seed + 10_000)[1]
             mean, std = float(returns.mean()), float(returns.std())
         else:
             mean, std = evaluate_policy(model, self._env, n_eval_episodes=self.n_episodes, deterministic=True, warn=False)
@@ -727,6 +725,19 @@ class PeriodicEvaluation:
         if not self.quiet:
             print(f"Eval at {row['timesteps']} steps: {row['mean']:.2f} ± {row['std']:.2f} ({row['train_seconds']:.0f} s of training)",
                   flush=True)
+
+    def held_out_tasks(self) -> list[dict[str, float]]:
+        """A meta-learner's evaluation tasks: ``n_episodes`` tasks of the family, the same at every evaluation."""
+        from envs.task_family import held_out_tasks
+
+        return held_out_tasks(resolve_env(self.spec.env), self.n_episodes, self.spec.seed + 10_000, self.spec.env_kwargs)
+
+    def adaptation(self, model: Any, n_updates: Sequence[int]) -> dict[str, Any]:
+        """A meta-learner's return on each held-out task after each number of inner updates in ``n_updates`` (the same
+        tasks and seed as the periodic evaluations): ``{"tasks": [...], "returns": {"k": [one per task]}}``."""
+        tasks = self.held_out_tasks()
+        returns = model.evaluate_adaptation(tasks, n_updates=n_updates, seed=self.spec.seed + 10_000)
+        return {"tasks": tasks, "returns": {str(k): [float(r) for r in values] for k, values in returns.items()}}
 
     def callback(self) -> Any:
         import time
@@ -976,7 +987,8 @@ THRESHOLDS = {"CartPole-v1": 475.0, "Acrobot-v1": -100.0, "Pendulum-v1": -200.0,
 RUN_FIELDS = ["algo", "env", "seed", "status", "error", "timesteps", "threshold", "steps_to_threshold", "final_eval",
               "best_eval", "evals_at_threshold", "n_evals", "training_episodes", "best_100_episode_average", "train_seconds",
               "seconds_per_100k"]
-VARIANT_KEYS = {"algo", "description", "base_config", "hyperparams", "envs"}
+VARIANT_KEYS = {"algo", "description", "base_config", "hyperparams", "envs", "n_timesteps"}
+ADAPTATION_FIELDS = ["algo", "env", "seed", "updates", "mean", "std", "n_tasks"]
 
 
 @dataclass(frozen=True)
@@ -989,6 +1001,7 @@ class GridAlgorithm:
     base_config: bool = True
     hyperparams: dict[str, Any] | None = None
     envs: dict[str, dict[str, Any]] | None = None
+    n_timesteps: int | None = None  # the row's own budget over --n-timesteps (0: built and evaluated, never trained)
 
     def overrides(self, env: str) -> dict[str, Any]:
         return {**(self.hyperparams or {}), **((self.envs or {}).get(env) or {})}
@@ -1010,7 +1023,11 @@ def read_variants(path: pathlib.Path) -> dict[str, GridAlgorithm]:
             raise UsageError(f"{where}: 'hyperparams' must map names to values and 'envs' env ids to such mappings")
         if not isinstance(block.get("base_config", True), bool):
             raise UsageError(f"{where}: base_config must be true or false, got {block['base_config']!r}")
-        variants[str(name)] = GridAlgorithm(str(name), str(block["algo"]), block.get("base_config", True), hyperparams, envs)
+        budget = block.get("n_timesteps")
+        if budget is not None and (isinstance(budget, bool) or not isinstance(budget, (int, float)) or budget < 0 or budget != int(budget)):
+            raise UsageError(f"{where}: n_timesteps must be a whole number of steps >= 0 (0: never trained), got {budget!r}")
+        variants[str(name)] = GridAlgorithm(str(name), str(block["algo"]), block.get("base_config", True), hyperparams, envs,
+                                            None if budget is None else int(budget))
     return variants
 
 
@@ -1094,6 +1111,8 @@ def benchmark_run(task: dict[str, Any]) -> dict[str, Any]:
               "timesteps": int(model.num_timesteps), "evaluations": evaluation.rows,
               "training_episodes": len(returns), "best_100_episode_average": best_window_average(returns),
               "train_seconds": evaluation.rows[-1]["train_seconds"], "wall_seconds": round(wall, 3)}
+    if hasattr(model, "evaluate_adaptation"):  # a meta-learner: the trained θ adapted to the held-out tasks, 0, 1, 3… updates
+        result["adaptation"] = evaluation.adaptation(model, task.get("adaptation_updates") or [0, 1, 3])
     _write_json(run_dir / "result.json", result)
     return result
 
@@ -1184,13 +1203,54 @@ def write_benchmark_tables(out: pathlib.Path, thresholds: dict[str, float]) -> l
             f"{statistics.median(speed):.0f}" if speed else "—",
         ]
         lines.append("| " + " | ".join(cells) + " |")
+    lines += adaptation_tables(out, results)
     (out / "summary.md").write_text("\n".join(lines) + "\n")
     return runs
+
+
+def adaptation_tables(out: pathlib.Path, results: list[dict[str, Any]]) -> list[str]:
+    """The meta-learners' final adaptation returns (result.json's ``adaptation``): ``adaptation.csv`` (one row per run and
+    number of updates: mean and std over the held-out tasks) and the lines of summary.md's adaptation tables (mean ± std
+    over seeds of the per-seed mean over tasks; then each seed's mean). No meta-learner in the grid: no file, no lines."""
+    import csv
+
+    import numpy as np
+
+    adapted = [r for r in results if r.get("status") == "ok" and "adaptation" in r]
+    if not adapted:
+        return []
+    rows = []
+    for r in adapted:
+        for k, returns in r["adaptation"]["returns"].items():
+            rows.append({"algo": r["algo"], "env": r["env"], "seed": r["seed"], "updates": int(k), "mean": float(np.mean(returns)),
+                         "std": float(np.std(returns)), "n_tasks": len(returns)})
+    with open(out / "adaptation.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=ADAPTATION_FIELDS)
+        writer.writeheader()
+        writer.writerows(rows)
+    updates = sorted({row["updates"] for row in rows})
+    header = " | ".join(f"{k} update{'' if k == 1 else 's'}" for k in updates)
+    lines = ["", "Adaptation on held-out tasks (meta-learners): mean return over the tasks, mean ± std over seeds", "",
+             f"| env | algo | seeds | {header} |", "|---|---|---|" + "---|" * len(updates)]
+    per_seed = ["", "Per seed (mean return over the held-out tasks):", "", "| env | algo | updates | per seed |", "|---|---|---|---|"]
+    for (env, algo) in dict.fromkeys((row["env"], row["algo"]) for row in rows):
+        group = [row for row in rows if row["env"] == env and row["algo"] == algo]
+        seeds = sorted({row["seed"] for row in group})
+        cells = []
+        for k in updates:
+            means = [row["mean"] for row in group if row["updates"] == k]
+            cells.append(f"{np.mean(means):.4g} ± {np.std(means):.2g}" if means else "—")
+            if means:
+                per_seed.append(f"| {env} | {algo} | {k} | " + ", ".join(f"{m:.4g}" for m in means) + " |")
+        lines.append(f"| {env} | {algo} | {', '.join(map(str, seeds))} | " + " | ".join(cells) + " |")
+    return lines + per_seed
 
 
 def cmd_benchmark(args: argparse.Namespace) -> int:
     if args.n_timesteps < 1 or args.eval_freq < 1 or args.n_eval_episodes < 1 or args.max_retries < 0:
         raise UsageError("--n-timesteps, --eval-freq and --n-eval-episodes must be positive, --max-retries >= 0")
+    if min(args.adaptation_updates) < 0:
+        raise UsageError(f"--adaptation-updates takes numbers of inner updates >= 0, got {args.adaptation_updates}")
     if args.workers is not None and args.workers < 1:
         raise UsageError(f"--workers must be at least 1, got {args.workers}")
     import_gym_packages(args.gym_packages)
@@ -1209,7 +1269,8 @@ def cmd_benchmark(args: argparse.Namespace) -> int:
             resolve_env(env)
             # the variant's values, then the command line's (those this algorithm takes)
             run_overrides = {**entry.overrides(env), **{k: v for k, v in overrides.items() if k in accepted[entry.name]}}
-            resolve_run(entry.algo, env, seed=0, overrides=run_overrides, n_timesteps=args.n_timesteps, env_kwargs=env_kwargs,
+            budget = args.n_timesteps if entry.n_timesteps is None else entry.n_timesteps
+            resolve_run(entry.algo, env, seed=0, overrides=run_overrides, n_timesteps=budget, env_kwargs=env_kwargs,
                         base_config=entry.base_config)  # bad input: told now
             for seed in args.seeds:
                 run_dir = out / entry.name / f"{env_name(env)}_{seed}"
@@ -1217,8 +1278,9 @@ def cmd_benchmark(args: argparse.Namespace) -> int:
                 if result.is_file() and json.loads(result.read_text()).get("status") == "ok":
                     continue  # finished in an earlier invocation
                 tasks.append({"algo": entry.name, "run_algo": entry.algo, "base_config": entry.base_config, "env": env, "seed": seed,
-                              "overrides": run_overrides, "env_kwargs": env_kwargs, "n_timesteps": args.n_timesteps,
+                              "overrides": run_overrides, "env_kwargs": env_kwargs, "n_timesteps": budget,
                               "eval_freq": args.eval_freq, "n_eval_episodes": args.n_eval_episodes, "run_dir": str(run_dir),
+                              "adaptation_updates": args.adaptation_updates,
                               "command": [sys.executable, *sys.argv]})
     total = len(args.algos) * len(args.envs) * len(args.seeds)
     print(f"{total - len(tasks)} of {total} runs already finished under {out}; {len(tasks)} to run.", flush=True)
@@ -1628,7 +1690,10 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="seeds (default 0 1 2)")
     bench.add_argument("--n-timesteps", type=int, default=100_000, help="environment steps per run (default 100000)")
     bench.add_argument("--eval-freq", type=int, default=5_000, help="evaluate every N steps (default 5000)")
-    bench.add_argument("--n-eval-episodes", type=int, default=10, help="deterministic episodes per evaluation (default 10)")
+    bench.add_argument("--n-eval-episodes", type=int, default=10,
+                       help="deterministic episodes per evaluation; a meta-learner's held-out tasks (default 10)")
+    bench.add_argument("--adaptation-updates", type=int, nargs="+", default=[0, 1, 3], metavar="K",
+                       help="a meta-learner's final returns on its held-out tasks after K inner updates (default 0 1 3)")
     bench.add_argument("--hyperparams", nargs="*", metavar="KEY=VALUE", help="override config entries (for the algos that take them)")
     bench.add_argument("--env-kwargs", nargs="*", metavar="KEY=VALUE", help="keyword arguments of every env of the grid (parsed as data)")
     bench.add_argument("--variants", help="YAML file of named variants (default configs/variants.yml)")

@@ -129,6 +129,7 @@ def test_a_variant_runs_with_its_hyperparameters_and_runs_csv_names_it(tmp_path)
     ("v:\n  algo: npg\n  envs: {CartPole-v1: 3}\n", "'envs' env ids"),
     ("v:\n  algo: nppg\n", "not one of"),
     ("npg:\n  algo: ppo\n", "the name of an algorithm"),
+    ("v:\n  algo: npg\n  n_timesteps: -5\n", "n_timesteps must be a whole number"),
 ])
 def test_bad_variants_are_refused(tmp_path, text, message):
     (tmp_path / "variants.yml").write_text(text)
@@ -240,16 +241,37 @@ def test_tune_scores_each_trial_on_several_seeds_and_writes_a_config_block(tmp_p
 
 
 def test_meta_learners_run_in_the_grid(tmp_path):
-    """A meta-learner in the grid is scored by its mean return after one inner update on held-out tasks."""
+    """A meta-learner in the grid is scored by its mean return after one inner update on held-out tasks, and at the end
+    by its returns after 0, 1, 3 updates; a row with its own budget of 0 steps (an untrained baseline) is never trained."""
+    from agents import Reptile
+
+    (tmp_path / "variants.yml").write_text("untrained:\n  algo: reptile\n  n_timesteps: 0\n")
     out = tmp_path / "bench"
-    assert train.main(["benchmark", "--algos", "reptile", "--envs", "ngrl/TargetBandit-v0", "--seeds", "0", "--out", str(out),
-                       "--n-timesteps", "640", "--eval-freq", "320", "--n-eval-episodes", "3", "--workers", "1",
-                       "--hyperparams", "inner_algo=vpg", "inner_updates=1", "inner_kwargs=dict(step_size=0.5)", "n_steps=16",
-                       "meta_batch_size=4", "learning_rate=0.5", "policy_kwargs=dict(net_arch=[8])"]) == 0
-    run = read_csv(out / "runs.csv")[0]
-    assert run["algo"] == "reptile" and run["status"] == "ok" and int(run["n_evals"]) == 2
+    settings = {"inner_algo": "vpg", "inner_updates": 1, "inner_kwargs": {"step_size": 0.5}, "n_steps": 16, "meta_batch_size": 4,
+                "learning_rate": 0.5, "policy_kwargs": {"net_arch": [8]}}
+    assert train.main(["benchmark", "--algos", "reptile", "untrained", "--envs", "ngrl/TargetBandit-v0", "--seeds", "0",
+                       "--out", str(out), "--variants", str(tmp_path / "variants.yml"), "--n-timesteps", "640", "--eval-freq", "320",
+                       "--n-eval-episodes", "3", "--workers", "1", "--adaptation-updates", "0", "1", "3",
+                       "--hyperparams", *(f"{k}={v!r}" for k, v in settings.items())]) == 0
+    runs = {r["algo"]: r for r in read_csv(out / "runs.csv")}
+    assert runs["reptile"]["status"] == "ok" and int(runs["reptile"]["n_evals"]) == 2 and int(runs["reptile"]["timesteps"]) >= 640
+    assert runs["untrained"]["status"] == "ok" and int(runs["untrained"]["timesteps"]) == 0
     block = (out / "reptile" / "ngrl-TargetBandit-v0_0" / "config.yml").read_text()
     assert "meta_batch_size: 4" in block and "n_envs" not in block
+    for algo in ("reptile", "untrained"):
+        result = json.loads((out / algo / "ngrl-TargetBandit-v0_0" / "result.json").read_text())
+        assert sorted(result["adaptation"]["returns"]) == ["0", "1", "3"]
+        assert all(len(v) == 3 for v in result["adaptation"]["returns"].values()) and len(result["adaptation"]["tasks"]) == 3
+    # the untrained row: the parameters of a fresh learner of the same seed, and its evaluation at step 0 is the final
+    # adaptation's return after one update (same tasks, same seed)
+    untrained = Reptile.load(out / "untrained" / "ngrl-TargetBandit-v0_0" / "model.zip")
+    fresh = Reptile("MlpPolicy", "ngrl/TargetBandit-v0", seed=0, **settings)
+    assert all(torch.equal(a, b) for a, b in zip(untrained.policy.state_dict().values(), fresh.policy.state_dict().values()))
+    result = json.loads((out / "untrained" / "ngrl-TargetBandit-v0_0" / "result.json").read_text())
+    assert result["evaluations"][-1]["mean"] == pytest.approx(sum(result["adaptation"]["returns"]["1"]) / 3)
+    rows = read_csv(out / "adaptation.csv")
+    assert {(r["algo"], r["updates"]) for r in rows} == {(a, k) for a in ("reptile", "untrained") for k in ("0", "1", "3")}
+    assert "| ngrl/TargetBandit-v0 | untrained | 0 |" in (out / "summary.md").read_text()
 
 
 def test_ctrl_c_keeps_the_finished_runs(tmp_path):

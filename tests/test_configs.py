@@ -79,10 +79,11 @@ def test_normalized_rewards_are_discounted_with_the_algorithms_gamma():
 
 
 def variant_entries() -> list[tuple[str, str]]:
-    """Each variant of configs/variants.yml on each env it has a block for (CartPole-v1 when it has none); the ERNN
-    table's variants also on the cue corridor, the task they were made for."""
+    """Each variant of configs/variants.yml on each env it has a block for (CartPole-v1 when it has none, a meta-learner's
+    Navigation2D); the ERNN table's variants also on the cue corridor, the task they were made for."""
     table = yaml.safe_load((CONFIGS / "variants.yml").read_text())
-    entries = [(name, env) for name, block in table.items() for env in (block.get("envs") or {"CartPole-v1": {}})]
+    entries = [(name, env) for name, block in table.items()
+               for env in (block.get("envs") or {"ngrl/Navigation2D-v0" if train.is_meta(block["algo"]) else "CartPole-v1": {}})]
     return entries + [(name, "ngrl/CueCorridor-v0") for name in ("npg-ernn", "npg-lstm", "npg-mlp", "rppo-lstm")]
 
 
@@ -91,7 +92,9 @@ def test_variant_builds_its_model_with_its_values(name, env_id):
     skip_if_unavailable(env_id)
     skip_if_not_installed(train.read_variants(CONFIGS / "variants.yml")[name].algo)
     variant = train.grid_algorithm(name)
-    spec = train.resolve_run(variant.algo, env_id, seed=0, overrides=variant.overrides(env_id), base_config=variant.base_config)
+    spec = train.resolve_run(variant.algo, env_id, seed=0, overrides=variant.overrides(env_id), base_config=variant.base_config,
+                             n_timesteps=variant.n_timesteps)
+    assert variant.n_timesteps is None or spec.n_timesteps == variant.n_timesteps
     model = train.build_model(spec, device="cpu")
     assert type(model) is train.algorithm(variant.algo, peers=True)
     for key, value in variant.overrides(env_id).items():

@@ -875,3 +875,24 @@ def test_an_object_that_is_not_a_family_is_explained():
         model.evaluate_adaptation([task], env=make_vec_env(GoLeft, n_envs=1))
     with pytest.raises(ValueError, match="single sub-env, got 2"):
         model.adapt(task, env=make_vec_env(PointToTarget, n_envs=2))
+
+
+def test_evaluate_adaptation_is_fixed_by_its_seed_and_leaves_training_random_state_alone():
+    """Same seed, same returns, whatever the global generators held before; and the generators come out as they went in,
+    so an evaluation inside training does not change what training draws next."""
+    from agents import Reptile
+
+    model = Reptile("MlpPolicy", "ngrl/TargetBandit-v0", inner_algo="vpg", inner_updates=1, inner_kwargs={"step_size": 0.5},
+                    n_steps=16, meta_batch_size=4, policy_kwargs={"net_arch": [8]}, seed=0)
+    tasks = model.sample_tasks(3)
+    torch.manual_seed(1)
+    first = model.evaluate_adaptation(tasks, n_updates=[0, 1, 3], seed=7)
+    after = torch.rand(3)
+    torch.manual_seed(2)
+    np.random.seed(2)
+    second = model.evaluate_adaptation(tasks, n_updates=[1], seed=7)
+    np.testing.assert_array_equal(first[1], second[1])
+    torch.manual_seed(1)
+    assert torch.equal(torch.rand(3), after)  # the evaluation drew nothing from the caller's stream
+    other = model.evaluate_adaptation(tasks, n_updates=[1], seed=8)
+    assert not np.array_equal(other[1], first[1])

@@ -23,7 +23,7 @@ from stable_baselines3.common.vec_env import DummyVecEnv, SubprocVecEnv, VecEnv,
 
 import envs  # noqa: F401  (registers the ngrl/ task families)
 from agents.arguments import check_arguments, check_spaces
-from agents.common import CheckpointMixin, critic_parameters
+from agents.common import CheckpointMixin, critic_parameters, isolated_random_state
 from agents.meta.family import family_vec_env, missing_vec_family_methods, sub_env_copies
 from agents.meta.rollouts import collect_task_rollouts
 from agents.meta.vpg import VPG
@@ -487,7 +487,9 @@ class MetaLearner(CheckpointMixin, BaseAlgorithm):
         :param env: the family to evaluate on: an env id, an env instance (copied), an env class or factory (one
             sub-env per task is made), or a VecEnv (the tasks run in groups of its size, the last group padded with
             repeats of its last task); default: fresh envs of the learner's own family, see :meth:`_task_env`
-        :param seed: seed of those envs
+        :param seed: seed of those envs and of the rollouts' and updates' random numbers (drawn from the global generators,
+            which are seeded for the call and restored after it: see :func:`agents.common.isolated_random_state`); None:
+            unseeded envs, the generators as they are
         """
         if not tasks:
             raise ValueError("evaluate_adaptation needs at least one task")
@@ -495,18 +497,19 @@ class MetaLearner(CheckpointMixin, BaseAlgorithm):
         if wanted[0] < 0:
             raise ValueError("numbers of updates must be >= 0")
         tasks = list(tasks)
-        env, made_here = self._family_env(env, len(tasks), seed)
         records: list[TaskAdaptation] = []
-        try:
-            group = env.num_envs
-            for start in range(0, len(tasks), group):
-                chunk = tasks[start : start + group]
-                padded = chunk + [chunk[-1]] * (group - len(chunk))
-                self._set_tasks(env, padded)
-                learners = [self._make_learner() for _ in padded]
-                chunk_records, _ = self._adapt_batch(env, learners, wanted[-1], final_rollout=True, tasks=padded)
-                records.extend(chunk_records[: len(chunk)])
-        finally:
-            if made_here:
-                env.close()
+        with isolated_random_state(seed):
+            env, made_here = self._family_env(env, len(tasks), seed)
+            try:
+                group = env.num_envs
+                for start in range(0, len(tasks), group):
+                    chunk = tasks[start : start + group]
+                    padded = chunk + [chunk[-1]] * (group - len(chunk))
+                    self._set_tasks(env, padded)
+                    learners = [self._make_learner() for _ in padded]
+                    chunk_records, _ = self._adapt_batch(env, learners, wanted[-1], final_rollout=True, tasks=padded)
+                    records.extend(chunk_records[: len(chunk)])
+            finally:
+                if made_here:
+                    env.close()
         return {k: np.array([record.returns[k] for record in records]) for k in wanted}

@@ -13,6 +13,7 @@ from stable_baselines3.common.type_aliases import GymEnv, MaybeCallback, Schedul
 from stable_baselines3.common.vec_env import VecEnv, VecNormalize
 
 from agents.arguments import check_arguments
+from agents.common import isolated_random_state
 from agents.meta.family import missing_vec_family_methods, sub_env_copies
 from agents.npg import NPG
 from agents.recurrent.on_policy import is_recurrent
@@ -200,7 +201,9 @@ class RL2(NPG):
 
         :param tasks: the tasks (e.g. ``envs.task_family.held_out_tasks(family, 20, seed=1000)``)
         :param n_updates: the numbers k of episodes of experience before the episode whose return is reported
-        :param seed: env i is reset with ``seed + i`` (None: unseeded); action sampling uses torch's global RNG
+        :param seed: env i is reset with ``seed + i``, and actions are sampled from torch's global generator seeded with
+            ``seed`` for the call and restored after it (:func:`agents.common.isolated_random_state`); None: unseeded
+            envs, the generators as they are
         :param env: the family to evaluate on, an env id, an env instance (copied), a class or a factory
             (default: the model's own family)
         :param deterministic: take the policy's most likely actions instead of sampling
@@ -221,14 +224,15 @@ class RL2(NPG):
             ])
             state, starts = None, np.ones(len(tasks), dtype=bool)
             active = np.ones(len(tasks), dtype=bool)
-            while active.any():
-                actions, state = self.policy.predict(obs, state, starts, deterministic=deterministic)
-                starts = np.zeros(len(tasks), dtype=bool)
-                for i in np.flatnonzero(active):  # a finished trial keeps its last observation until all are done
-                    obs[i], _, terminated, _, info = trials[i].step(actions[i])
-                    if "trial_episode_return" in info:
-                        returns[i, info["trial_episode"]] = info["trial_episode_return"]
-                    active[i] = not terminated
+            with isolated_random_state(seed):
+                while active.any():
+                    actions, state = self.policy.predict(obs, state, starts, deterministic=deterministic)
+                    starts = np.zeros(len(tasks), dtype=bool)
+                    for i in np.flatnonzero(active):  # a finished trial keeps its last observation until all are done
+                        obs[i], _, terminated, _, info = trials[i].step(actions[i])
+                        if "trial_episode_return" in info:
+                            returns[i, info["trial_episode"]] = info["trial_episode_return"]
+                        active[i] = not terminated
         finally:
             for trial in trials:
                 trial.close()
