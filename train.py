@@ -36,7 +36,7 @@ import yaml
 CONFIG_DIR = pathlib.Path(__file__).resolve().parent / "configs"
 # Names known without importing torch (so that --help answers at once); tests check them against the registries.
 ALGO_NAMES = ("npg", "ngdqn")
-META_ALGO_NAMES = ("reptile", "fomaml", "imaml")
+META_ALGO_NAMES = ("reptile", "fomaml", "imaml", "rl2", "joint")
 RUN_KEYS = ("n_timesteps", "n_envs", "policy", "normalize", "env_kwargs", "seed")
 META_RUN_KEYS = ("n_timesteps", "policy", "env_kwargs", "seed")
 CLI_MANAGED = {"self", "policy", "env", "kwargs", "_init_setup_model", "device", "verbose", "tensorboard_log", "seed", "env_kwargs"}
@@ -634,8 +634,8 @@ def resolve_run(algo: str, env: str, *, seed: int | None, overrides: dict[str, A
     """The config block of ``algo`` for ``env`` with the overrides, every value checked by name, type and range
     (``base_config=False``: the overrides alone, over the constructor's defaults).
 
-    A meta-learner (reptile, fomaml, imaml) needs a registered task family; its sub-envs are its tasks, so it
-    takes neither ``n_envs`` nor ``normalize``. ``n_timesteps=0`` (a grid row's own budget, never a config's): the
+    A meta-learner (reptile, fomaml, imaml, rl2) needs a task family; its sub-envs are its tasks (RL²'s, its ``n_envs``
+    trials), so it takes no ``normalize``, and no ``n_envs`` but RL²'s. ``n_timesteps=0`` (a grid row's own budget, never a config's): the
     model is built and evaluated, never trained.
     """
     algo_cls = algorithm(algo, peers=True)
@@ -643,12 +643,13 @@ def resolve_run(algo: str, env: str, *, seed: int | None, overrides: dict[str, A
     kwargs = {**_mapping("env_kwargs", params.pop("env_kwargs", None) or {}), **(env_kwargs or {})}
     run_seed_ = run_seed(seed, params.pop("seed", 0))
     steps = pop_int(params, "n_timesteps", 200_000 if is_meta(algo) else 100_000, n_timesteps, minimum=0 if n_timesteps == 0 else 1)
+    own_n_envs = is_meta(algo) and "n_envs" in accepted_arguments(algo_cls)  # RL²'s trials run in n_envs sub-envs
     if is_meta(algo):
         check_task_family(env, kwargs)
         for key in ("n_envs", "normalize"):
-            if key in params:
+            if key in params and not (key == "n_envs" and own_n_envs):
                 raise UsageError(f"{key} does not apply to the meta-learner {algo}: its sub-envs are its tasks (meta_batch_size)")
-    n_envs = pop_int(params, "n_envs", 1)
+    n_envs = 1 if own_n_envs else pop_int(params, "n_envs", 1)  # RL²'s stays in params: a constructor argument
     chosen_policy = policy or params.get("policy", "MlpPolicy")
     params.pop("policy", None)
     normalize = params.pop("normalize", False)
@@ -865,10 +866,12 @@ def print_adaptation(model: Any, family: str, tasks: list[dict[str, float]], n_u
     from stable_baselines3.common.utils import set_random_seed
 
     set_random_seed(seed)
-    print(f"Adapting to {len(tasks)} held-out tasks of {family} ({max(n_updates)} inner updates at most)...", flush=True)
+    # RL² adapts within a trial: its "k updates" are the k episodes of the trial before the one whose return is shown
+    steps = "episodes of a trial" if hasattr(model, "episodes_per_trial") else "inner updates"
+    print(f"Adapting to {len(tasks)} held-out tasks of {family} ({max(n_updates)} {steps} at most)...", flush=True)
     returns = model.evaluate_adaptation(tasks, n_updates=n_updates, seed=seed, env=env)
     print(f"Return on {len(tasks)} held-out tasks of {family} (mean ± std over tasks):")
-    print("| inner updates | return |")
+    print(f"| {steps} before | return |" if steps != "inner updates" else "| inner updates | return |")
     print("|---|---|")
     for k, values in returns.items():
         print(f"| {k} | {values.mean():.2f} ± {values.std():.2f} |")
@@ -893,7 +896,7 @@ def cmd_meta_train(args: argparse.Namespace) -> int:
         model = load_checkpoint(algo_cls, str(trained), None, args)
         # the family given now (id or module:Class): adapt and evaluate_adaptation copy this DummyVecEnv's sub-envs
         # when the checkpoint has no registered id to rebuild from
-        venv = make_env(spec.env, model.meta_batch_size, spec.seed, spec.env_kwargs)
+        venv = make_env(spec.env, getattr(model, "meta_batch_size", None) or model.n_envs, spec.seed, spec.env_kwargs)
         try:
             model.set_env(venv)
         except (ValueError, AssertionError) as error:
@@ -969,7 +972,15 @@ def cmd_adapt(args: argparse.Namespace) -> int:
     if args.env is not None or args.env_kwargs:
         venv = make_env(family, args.n_tasks, args.seed, env_kwargs)
         try:
-            check_for_correct_spaces(venv, model.observation_space, model.action_space)
+            if hasattr(model, "episodes_per_trial"):  # RL² observes the trial's inputs too: compare a trial env's spaces
+                from agents.meta.family import sub_env_copies
+                from envs.trial import TrialEnv
+
+                probe = TrialEnv(sub_env_copies(venv), model.episodes_per_trial)
+                check_for_correct_spaces(probe, model.observation_space, model.action_space)
+                probe.close()
+            else:
+                check_for_correct_spaces(venv, model.observation_space, model.action_space)
         except ValueError as error:
             raise UsageError(f"{path} does not fit --env {family}: {error}") from error
     returns = print_adaptation(model, family, tasks, args.n_updates, args.seed, env=venv)
@@ -1657,7 +1668,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_common(evaluate_cmd)
     evaluate_cmd.set_defaults(handler=cmd_eval)
 
-    meta = commands.add_parser("meta-train", help="meta-train Reptile, FOMAML or iMAML on a task family")
+    meta = commands.add_parser("meta-train", help="meta-train Reptile, FOMAML, iMAML or RL² on a task family")
     meta.add_argument("--algo", required=True, help=f"meta-learner: one of {', '.join(META_ALGO_NAMES)}")
     meta.add_argument("--env", required=True,
                       help="a task family: a registered id (e.g. ngrl/Navigation2D-v0), or module:FamilyClass / module:make_family")

@@ -1,7 +1,7 @@
 """SB3-style agents built on ngrl's natural-gradient backend."""
 
 from agents.common import CheckpointError, NonFiniteParametersError, register_safe_class
-from agents.meta import FOMAML, IMAML, META_ALGOS, RL2, VPG, Reptile
+from agents.meta import FOMAML, IMAML, META_ALGOS, RL2, VPG, JointTraining, Reptile
 from agents.ngdqn import NGDQN
 from agents.npg import NPG
 from agents.recurrent import RecurrentRolloutBuffer
@@ -17,6 +17,7 @@ __all__ = [
     "CheckpointError",
     "FOMAML",
     "IMAML",
+    "JointTraining",
     "META_ALGOS",
     "NGDQN",
     "NPG",

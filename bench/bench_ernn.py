@@ -3,6 +3,7 @@
     python bench/bench_ernn.py gradnorm                 # ‖∂h_T/∂h_0‖ of the cells at init (seconds)
     python bench/bench_ernn.py probe                    # can the cell's state tell velocities? (minutes)
     python bench/bench_ernn.py speed                    # training seconds per 100k steps, interleaved (minutes)
+    python bench/bench_ernn.py table bench/results/ernn/corridor10 ...   # the README table from the grids below
 
 The learning table is a grid of `train.py benchmark` per task, with the variants npg-ernn, npg-lstm, npg-mlp and
 rppo-lstm of configs/variants.yml (the settings below, as data); each writes summary.md under its --out:
@@ -259,6 +260,43 @@ def cmd_speed(args: argparse.Namespace) -> None:
     (RESULTS / "ernn_speed.json").write_text(json.dumps({"command": " ".join(sys.argv), "rows": rows}, indent=1))
 
 
+def parameter_count(run_dir: pathlib.Path, algo: str) -> int:
+    """Parameters of the policy a grid run saved (actor and critic, as the models are compared whole)."""
+    import train
+
+    variant = train.grid_algorithm(algo)
+    model = train.algorithm(variant.algo, peers=True).load(run_dir / "model.zip", device="cpu")
+    return sum(p.numel() for p in model.policy.parameters())
+
+
+def cmd_table(args: argparse.Namespace) -> None:
+    """The README's learning table from the grids' folders: each task's runs.csv, with parameter counts read from the
+    runs' checkpoints; solved = evaluations at or above the task's threshold at least once."""
+    import csv
+
+    from train import env_name
+
+    def k(steps: float) -> str:
+        return f"{steps / 1000:g}k"
+
+    lines = ["| task (threshold) | method | params | solved | steps to threshold (median [min, max]) | final eval (per seed) | "
+             "s / 100k steps (median) |", "|---|---|---|---|---|---|---|"]
+    for folder in args.folders:
+        folder = pathlib.Path(folder)
+        with open(folder / "runs.csv") as f:
+            runs = list(csv.DictReader(f))
+        for algo in dict.fromkeys(r["algo"] for r in runs):
+            group = [r for r in runs if r["algo"] == algo and r["status"] == "ok"]
+            reached = [float(r["steps_to_threshold"]) for r in group if r["steps_to_threshold"]]
+            steps = f"{k(statistics.median(reached))} [{k(min(reached))}, {k(max(reached))}]" if reached else "—"
+            params = parameter_count(folder / algo / f"{env_name(group[0]['env'])}_{group[0]['seed']}", algo)
+            speed = statistics.median(float(r["seconds_per_100k"]) for r in group)
+            finals = ", ".join(f"{float(r['final_eval']):g}" for r in group)
+            lines.append(f"| {folder.name} ({float(group[0]['threshold']):g}) | {algo} | {params:,} | {len(reached)}/{len(group)} | "
+                         f"{steps} | {finals} | {speed:.0f} |")
+    print("\n".join(lines))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     commands = parser.add_subparsers(dest="command", required=True)
@@ -276,6 +314,9 @@ def main() -> None:
     probe.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     probe.add_argument("--iterations", type=int, default=1500)
     probe.set_defaults(handler=cmd_probe)
+    table = commands.add_parser("table")
+    table.add_argument("folders", nargs="+", help="the grids' --out folders (bench/results/ernn/corridor10 ...)")
+    table.set_defaults(handler=cmd_table)
     args = parser.parse_args()
     args.handler(args)
 

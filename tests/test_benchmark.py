@@ -245,20 +245,23 @@ def test_meta_learners_run_in_the_grid(tmp_path):
     by its returns after 0, 1, 3 updates; a row with its own budget of 0 steps (an untrained baseline) is never trained."""
     from agents import Reptile
 
-    (tmp_path / "variants.yml").write_text("untrained:\n  algo: reptile\n  n_timesteps: 0\n")
+    (tmp_path / "variants.yml").write_text("untrained:\n  algo: reptile\n  n_timesteps: 0\n"
+                                           "rl2-small:\n  algo: rl2\n  hyperparams: {n_envs: 8, batch_size: 64, cg_max_steps: 5, "
+                                           "n_critic_updates: 2}\n")
     out = tmp_path / "bench"
     settings = {"inner_algo": "vpg", "inner_updates": 1, "inner_kwargs": {"step_size": 0.5}, "n_steps": 16, "meta_batch_size": 4,
                 "learning_rate": 0.5, "policy_kwargs": {"net_arch": [8]}}
-    assert train.main(["benchmark", "--algos", "reptile", "untrained", "--envs", "ngrl/TargetBandit-v0", "--seeds", "0",
+    assert train.main(["benchmark", "--algos", "reptile", "untrained", "rl2-small", "--envs", "ngrl/TargetBandit-v0", "--seeds", "0",
                        "--out", str(out), "--variants", str(tmp_path / "variants.yml"), "--n-timesteps", "640", "--eval-freq", "320",
                        "--n-eval-episodes", "3", "--workers", "1", "--adaptation-updates", "0", "1", "3",
                        "--hyperparams", *(f"{k}={v!r}" for k, v in settings.items())]) == 0
     runs = {r["algo"]: r for r in read_csv(out / "runs.csv")}
     assert runs["reptile"]["status"] == "ok" and int(runs["reptile"]["n_evals"]) == 2 and int(runs["reptile"]["timesteps"]) >= 640
     assert runs["untrained"]["status"] == "ok" and int(runs["untrained"]["timesteps"]) == 0
+    assert runs["rl2-small"]["status"] == "ok" and int(runs["rl2-small"]["n_evals"]) == 2  # RL²: episodes of a trial
     block = (out / "reptile" / "ngrl-TargetBandit-v0_0" / "config.yml").read_text()
     assert "meta_batch_size: 4" in block and "n_envs" not in block
-    for algo in ("reptile", "untrained"):
+    for algo in ("reptile", "untrained", "rl2-small"):
         result = json.loads((out / algo / "ngrl-TargetBandit-v0_0" / "result.json").read_text())
         assert sorted(result["adaptation"]["returns"]) == ["0", "1", "3"]
         assert all(len(v) == 3 for v in result["adaptation"]["returns"].values()) and len(result["adaptation"]["tasks"]) == 3
@@ -270,7 +273,7 @@ def test_meta_learners_run_in_the_grid(tmp_path):
     result = json.loads((out / "untrained" / "ngrl-TargetBandit-v0_0" / "result.json").read_text())
     assert result["evaluations"][-1]["mean"] == pytest.approx(sum(result["adaptation"]["returns"]["1"]) / 3)
     rows = read_csv(out / "adaptation.csv")
-    assert {(r["algo"], r["updates"]) for r in rows} == {(a, k) for a in ("reptile", "untrained") for k in ("0", "1", "3")}
+    assert {(r["algo"], r["updates"]) for r in rows} == {(a, k) for a in ("reptile", "untrained", "rl2-small") for k in ("0", "1", "3")}
     assert "| ngrl/TargetBandit-v0 | untrained | 0 |" in (out / "summary.md").read_text()
 
 

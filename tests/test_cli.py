@@ -355,6 +355,33 @@ def test_meta_train_then_adapt(tmp_path):
     assert "| 1 |" in adapted.stdout and out.is_file()
 
 
+def test_rl2_meta_trains_resumes_and_adapts_within_a_trial(tmp_path):
+    """RL² through meta-train (its n_envs trials), --trained-agent, and adapt (its "updates": episodes of a trial), also on
+    the family named again with --env / --env-kwargs (the trial env's spaces are the ones checked)."""
+    from agents import RL2
+
+    bandit = ["--env", "ngrl/TargetBandit-v0", "--env-kwargs", "n_arms=2", "target_low=-1.0", "target_high=1.0"]
+    settings = ["episodes_per_trial=2", "n_envs=4", "n_steps=8", "batch_size=32", "cg_max_steps=3", "n_critic_updates=1",
+                "policy_kwargs=dict(hidden_size=8, net_arch=[8])"]
+    result = run("meta-train", "--algo", "rl2", *bandit, "--n-timesteps", "64", "--quiet", "--log-folder", str(tmp_path),
+                 "--n-eval-tasks", "2", "--hyperparams", *settings)
+    assert result.returncode == 0, result.stderr
+    assert "episodes of a trial" in result.stdout and "| 1 |" in result.stdout
+    model = checkpoint_from(result.stdout)
+    assert RL2.load(model).n_envs == 4 and RL2.load(model).num_timesteps == 64
+    resumed = run("meta-train", "--algo", "rl2", *bandit, "--n-timesteps", "96", "--quiet", "--log-folder", str(tmp_path),
+                  "--trained-agent", str(model), "--hyperparams", *settings)
+    assert resumed.returncode == 0, resumed.stderr
+    assert RL2.load(checkpoint_from(resumed.stdout)).num_timesteps == 96
+    adapted = run("adapt", "--model", str(model), "--n-tasks", "2", "--n-updates", "0", "1", "3", *bandit)
+    assert adapted.returncode == 0, adapted.stderr
+    assert "| 3 |" in adapted.stdout
+    other = run("adapt", "--model", str(model), "--n-tasks", "2", "--env", "ngrl/LineGoal-v0")
+    assert other.returncode == 2 and "does not fit --env ngrl/LineGoal-v0" in other.stderr, other.stderr
+    refused = run("meta-train", "--algo", "rl2", *bandit, "--n-timesteps", "64", "--hyperparams", "normalize=True")
+    assert refused.returncode == 2 and "normalize does not apply" in refused.stderr, refused.stderr
+
+
 def test_meta_train_and_adapt_a_family_given_as_module_class(tmp_path):
     """A user's own family (not registered) by module:Class, as train takes envs; adapt needs it named again."""
     family = "tests.fixtures.custom_families:PointToTarget"

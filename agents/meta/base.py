@@ -238,13 +238,14 @@ class MetaLearner(CheckpointMixin, BaseAlgorithm):
     def _get_torch_save_params(self) -> tuple[list[str], list[str]]:
         return ["policy", "policy.optimizer"], []
 
-    def _make_learner(self) -> OnPolicyAlgorithm:
-        """An inner learner for one task (one-env rollout buffer of ``n_steps``), its parameters not yet set."""
+    def _make_learner(self, n_envs: int = 1) -> OnPolicyAlgorithm:
+        """An inner learner for one task (a rollout buffer of ``n_steps`` for ``n_envs`` envs, one by default), its
+        parameters not yet set."""
         algo = INNER_ALGOS[self.inner_algo] if isinstance(self.inner_algo, str) else self.inner_algo
         kwargs = {"n_steps": self.n_steps, "gamma": self.gamma, "gae_lambda": self.gae_lambda, **self.inner_kwargs}
         learner = algo(self.policy_class, None, policy_kwargs=self.policy_kwargs, device=self.device, _init_setup_model=False, **kwargs)
         # No env of its own: the meta-learner feeds its buffer (the same route SB3's load takes).
-        learner.observation_space, learner.action_space, learner.n_envs = self.observation_space, self.action_space, 1
+        learner.observation_space, learner.action_space, learner.n_envs = self.observation_space, self.action_space, n_envs
         learner._setup_model()
         learner.set_logger(Logger(folder=None, output_formats=[]))
         return learner

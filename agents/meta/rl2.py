@@ -159,6 +159,13 @@ class RL2(NPG):
     def _excluded_save_params(self) -> list[str]:
         return [*super()._excluded_save_params(), "_family_factory"]
 
+    def set_env(self, env: GymEnv, force_reset: bool = True) -> None:
+        """As NPG's ``set_env``; a VecEnv of the family itself (not of its trials) is first made into trial envs, one per
+        sub-env, as the constructor does."""
+        if isinstance(env, VecEnv) and not env.has_attr("episodes_per_trial"):
+            env = self._trial_env_from(env, env.num_envs, self.seed)
+        super().set_env(env, force_reset)
+
     def sample_tasks(self, n: int) -> list[Task]:
         """n tasks of the family, drawn with the RNG of the first sub-env."""
         if self.env is None:
@@ -204,8 +211,9 @@ class RL2(NPG):
         :param seed: env i is reset with ``seed + i``, and actions are sampled from torch's global generator seeded with
             ``seed`` for the call and restored after it (:func:`agents.common.isolated_random_state`); None: unseeded
             envs, the generators as they are
-        :param env: the family to evaluate on, an env id, an env instance (copied), a class or a factory
-            (default: the model's own family)
+        :param env: the family to evaluate on, an env id, an env instance (copied), a class or a factory, or a VecEnv of
+            the family (copies of its first sub-env when it is a ``DummyVecEnv``, else its registered id); default: the
+            model's own family
         :param deterministic: take the policy's most likely actions instead of sampling
         :return: k -> array of the tasks' returns (in the order of ``tasks``)
         """
@@ -214,8 +222,17 @@ class RL2(NPG):
         wanted = sorted({int(k) for k in n_updates})
         if not wanted or wanted[0] < 0:
             raise ValueError(f"n_updates must be non-empty numbers of episodes >= 0, got {list(n_updates)}")
-        family = self._family() if env is None else family_target(env)
-        trials = [TrialEnv(family, wanted[-1] + 1, self.env_kwargs if env is None else None) for _ in tasks]
+        if env is None:
+            family, family_kwargs = self._family(), self.env_kwargs
+        elif isinstance(env, VecEnv):  # a VecEnv of the family: copies of its first sub-env, else its registered id
+            spec = env.get_attr("spec", indices=[0])[0]
+            family, family_kwargs = sub_env_copies(env) or (spec.id if spec is not None else None), None
+            if family is None:
+                raise ValueError("evaluate_adaptation cannot make trials of this VecEnv's family (no registered id, sub-envs in "
+                                 "other processes): pass the family as an id, an instance, a class or a factory")
+        else:
+            family, family_kwargs = family_target(env), None
+        trials = [TrialEnv(family, wanted[-1] + 1, family_kwargs) for _ in tasks]
         returns = np.zeros((len(tasks), wanted[-1] + 1))
         try:
             obs = np.stack([
