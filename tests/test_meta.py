@@ -899,12 +899,12 @@ def test_evaluate_adaptation_is_fixed_by_its_seed_and_leaves_training_random_sta
 
 
 def test_joint_training_one_update_is_the_natural_step_on_the_pooled_tasks():
-    """One iteration of JointTraining on the bandit family: the pooled buffer's column i is task i's rollout (the tasks
-    differ), and the new θ is the dense natural step (float64, autograd Hessian of the mean KL, torch.linalg.solve) on all of them at once."""
+    """One iteration of JointTraining (CartPoleActuator: 4-dim observations, two actions): the pooled buffer's column i
+    is task i's rollout, and the new θ is the dense natural step (float64, autograd Hessian of the mean KL, torch.linalg.solve) on all of them at once."""
     from agents import JointTraining
     from tests.test_npg_oracle import _npg_step, _spy_fisher, _to_float64
 
-    model = JointTraining("MlpPolicy", BANDIT, meta_batch_size=3, n_steps=24, policy_kwargs=dict(net_arch=[8]), seed=0,
+    model = JointTraining("MlpPolicy", "ngrl/CartPoleActuator-v0", meta_batch_size=3, n_steps=24, policy_kwargs=dict(net_arch=[8]), seed=0,
                           inner_kwargs=dict(target_kl=0.02, cg_damping=0.1, cg_max_steps=200, cg_tol=1e-13, n_critic_updates=0))
     pooled, seen = model._pooled, {}
     original_train = pooled.train
@@ -913,9 +913,10 @@ def test_joint_training_one_update_is_the_natural_step_on_the_pooled_tasks():
         pooled.train = original_train  # _npg_step calls train() itself
         buffer = pooled.rollout_buffer
         for i, learner in enumerate(model._learners):
-            for name in ("observations", "actions", "rewards", "advantages", "log_probs"):
-                np.testing.assert_array_equal(getattr(buffer, name)[:, i], getattr(learner.rollout_buffer, name)[:, 0])
-        seen["distinct tasks"] = not np.array_equal(buffer.rewards[:, 0], buffer.rewards[:, 1])
+            task = learner.rollout_buffer
+            for name in ("observations", "actions", "rewards", "advantages", "log_probs"):  # the task's rows, read flat
+                np.testing.assert_array_equal(getattr(buffer, name)[:, i], getattr(task, name).reshape(getattr(buffer, name)[:, i].shape))
+        seen["distinct tasks"] = not np.array_equal(buffer.observations[:, 0], buffer.observations[:, 1])
         np.testing.assert_array_equal(get_flat_params(actor_parameters(pooled.policy)).numpy(),
                                       get_flat_params(model._actor_params).numpy())  # the update starts at θ
         _to_float64(pooled)

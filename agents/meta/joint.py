@@ -5,8 +5,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any, ClassVar
 
-import numpy as np
-from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.on_policy_algorithm import OnPolicyAlgorithm
 from stable_baselines3.common.policies import BasePolicy
 from stable_baselines3.common.type_aliases import GymEnv
@@ -44,7 +42,8 @@ class JointTraining(MetaLearner):
         update and adaptation; ``critic_step_size`` does not apply: the critic is the pooled fit's)
     """
 
-    needs_test_rollouts: ClassVar[bool] = False
+    # the meta-iteration's rollouts of θ (no inner updates) are the "test" rollouts: θ on each task of the meta-batch
+    needs_test_rollouts: ClassVar[bool] = True
 
     def __init__(
         self,
@@ -75,7 +74,10 @@ class JointTraining(MetaLearner):
         return [*super()._excluded_save_params(), "_pooled"]
 
     def _pool(self, learners: Sequence[OnPolicyAlgorithm]) -> None:
-        """The tasks' rollout buffers (one env each) as the columns of the pooled learner's buffer, in task order."""
+        """The tasks' rollout buffers (one env each) as the columns of the pooled learner's buffer, in task order.
+
+        A task's arrays are (n_steps, 1, ...) as filled, or (n_steps, ...) once its buffer has been read (SB3's ``get``
+        flattens in place, as preparing the records' batches does): both are read as (n_steps, ...)."""
         buffer = self._pooled.rollout_buffer
         buffer.reset()
         for name in BUFFER_ARRAYS:
@@ -84,33 +86,18 @@ class JointTraining(MetaLearner):
                 source = getattr(learner.rollout_buffer, name)
                 if isinstance(target, dict):
                     for key in target:
-                        target[key][:, i] = source[key][:, 0]
+                        target[key][:, i] = source[key].reshape(target[key].shape[0], *target[key].shape[2:])
                 else:
-                    target[:, i] = source[:, 0]
+                    target[:, i] = source.reshape(target.shape[0], *target.shape[2:])
         buffer.pos, buffer.full = buffer.buffer_size, True
 
-    def _meta_iteration(self, callback: BaseCallback) -> bool:
-        tasks = self.sample_tasks(self.meta_batch_size)
-        self._set_tasks(self.env, tasks)
-
-        def on_step(local_vars: dict[str, Any]) -> bool:
-            self.num_timesteps += self.env.num_envs
-            callback.update_locals(local_vars)
-            return callback.on_step()
-
-        callback.on_rollout_start()
-        records, ok = self._adapt_batch(self.env, self._learners, 0, on_step, final_rollout=True, tasks=tasks)
-        callback.on_rollout_end()
-        if not ok:
-            return False
+    def _outer_update(self, records: Sequence[TaskAdaptation]) -> dict[str, float]:
+        """θ (actor and critic) ← one update of the inner algorithm on the tasks' rollouts of θ, pooled."""
         self._pool(self._learners)
         self._start_learner(self._pooled)  # θ, actor and critic
         update = self._pooled.train()
         self.policy.load_state_dict(self._pooled.policy.state_dict())
-        self.logger.record("meta/return_pre", float(np.mean([record.returns[0] for record in records])))
-        if isinstance(update, PolicyUpdate):
-            self.logger.record("meta/inner_kl", float(update.kl))
-        return True
+        return {"inner_kl": float(update.kl)} if isinstance(update, PolicyUpdate) else {}
 
-    def _outer_update(self, records: Sequence[TaskAdaptation]) -> dict[str, float]:
-        raise NotImplementedError("joint training updates θ in _meta_iteration, from the pooled rollouts")
+    def _update_critic(self, records: Sequence[TaskAdaptation]) -> None:
+        """The critic is the pooled fit's (set by :meth:`_outer_update`), not an interpolation towards the tasks'."""
