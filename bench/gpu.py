@@ -48,7 +48,7 @@ What runs, in order:
 3. Host–device synchronisations, counted with ``torch.cuda.set_sync_debug_mode("warn")`` (every synchronising CUDA
    call warns: device-to-host reads such as ``.item()``, ``.tolist()``, ``float(t)``, ``bool(t)``, and blocking
    host-to-device copies): in one Fisher-vector product, in CG of 5 and of 10 iterations (per iteration = their
-   difference / 5), in one NPG ``train()``, its natural step alone, and one NGDQN step — each with the source lines
+   difference / 5), the same with ``check_every=None`` (the target: 0 per iteration), in one NPG ``train()``, its natural step alone, and one NGDQN step — each with the source lines
    that synchronised (innermost frame in ngrl/ or agents/).
 
 JSON keys (``--out``): command, date, wall_s, torch, python, cuda {available, message, device, capability, runtime,
@@ -56,7 +56,7 @@ tf32_matmul, float32_matmul_precision}, cpu {name, cores, torch_threads}, settin
 files, returncode, seconds, passed, failed, skipped, errors, deselected, tail}, smoke {ran, reason | agents
 {name: {ok, seconds, error}}}, cases [{case, size, params, cpu_ms, gpu_ms, speedup, cpu_repeats, gpu_repeats,
 cpu_samples_ms, gpu_samples_ms, gpu_peak_mib, gpu_vs_cpu_rel_diff, note, error}], syncs {measured, reason |
-fvp, fisher_build, cg_5, cg_10, per_cg_iteration, cg_outside_loop, npg_update, npg_natural_step, ngdqn_step,
+fvp, fisher_build, cg_5, cg_10, cg_5_deferred, cg_10_deferred, per_cg_iteration, per_cg_iteration_deferred, cg_outside_loop, npg_update, npg_natural_step, ngdqn_step,
 where {count: {site: n}}}, errors.
 """
 
@@ -276,6 +276,7 @@ def fisher_cases(bench: Bench, width: int, n_states: int) -> None:
     vector = torch.randn(n_params, generator=generator)
     size = f"{width}-{width}, {n_states:,} states"
     cg = CGConfig(max_iter=10, tol=0.0)
+    deferred = CGConfig(max_iter=10, tol=0.0, check_every=None)  # the stopping tests read by the host after the loop only
     on_device: dict[torch.device, tuple[Any, torch.Tensor, torch.Tensor]] = {}
 
     def operands(device: torch.device):
@@ -298,9 +299,16 @@ def fisher_cases(bench: Bench, width: int, n_states: int) -> None:
         fisher = policy_fisher(moved, obs, damping=0.1)
         return (lambda: cg.solve(fisher.mv, v)), (lambda: cg.solve(fisher.mv, v).x)
 
+    def solve_deferred(device):
+        moved, obs, v = operands(device)
+        fisher = policy_fisher(moved, obs, damping=0.1)
+        return (lambda: deferred.solve(fisher.mv, v)), (lambda: deferred.solve(fisher.mv, v).x)
+
     bench.case("Fisher build (forward, stored)", size, build, n_params)
     bench.case("Fisher-vector product", size, product, n_params)
     bench.case("CG, 10 iterations", size, solve, n_params, note="on a built operator; tol=0: exactly 10 products")
+    bench.case("CG, 10 iterations, check_every=None", size, solve_deferred, n_params,
+               note="the same solve, the host reading the stopping tests once, after the loop")
     on_device.clear()
 
 
@@ -526,6 +534,8 @@ def sync_counts(gpu: torch.device, args: argparse.Namespace, npg: NPGModels, q: 
         "fvp": count_syncs(lambda: fisher.mv(vector)),
         "cg_5": count_syncs(lambda: CGConfig(max_iter=5, tol=0.0).solve(fisher.mv, vector)),
         "cg_10": count_syncs(lambda: CGConfig(max_iter=10, tol=0.0).solve(fisher.mv, vector)),
+        "cg_5_deferred": count_syncs(lambda: CGConfig(max_iter=5, tol=0.0, check_every=None).solve(fisher.mv, vector)),
+        "cg_10_deferred": count_syncs(lambda: CGConfig(max_iter=10, tol=0.0, check_every=None).solve(fisher.mv, vector)),
         "npg_update": count_syncs(npg.on(gpu, 10).train),
         "npg_natural_step": count_syncs(npg.on(gpu, 0).train),
         "ngdqn_step": count_syncs(lambda: q.on("ngdqn", gpu).train(gradient_steps=1, batch_size=args.ngdqn_batch_size)),
@@ -537,6 +547,7 @@ def sync_counts(gpu: torch.device, args: argparse.Namespace, npg: NPGModels, q: 
     per_iteration = (counters["cg_10"].count - counters["cg_5"].count) / 5
     result["per_cg_iteration"] = per_iteration
     result["cg_outside_loop"] = counters["cg_10"].count - 10 * per_iteration
+    result["per_cg_iteration_deferred"] = (counters["cg_10_deferred"].count - counters["cg_5_deferred"].count) / 5
     result["where"] = {name: dict(c.sites.most_common()) for name, c in counters.items()}
     return result
 
@@ -573,6 +584,7 @@ def markdown(report: dict[str, Any]) -> str:
         lines += ["", "| host–device synchronisations in | count |", "|---|---|"]
         for key, label in (("fisher_build", "building the Fisher operator"), ("fvp", "one Fisher-vector product"),
                            ("per_cg_iteration", "CG, per iteration"), ("cg_outside_loop", "CG, outside the loop"),
+                           ("per_cg_iteration_deferred", "CG with check_every=None, per iteration"),
                            ("npg_update", "one NPG train()"), ("npg_natural_step", "NPG natural step alone"),
                            ("ngdqn_step", "one NGDQN gradient step")):
             lines.append(f"| {label} | {syncs[key]:g} |")

@@ -63,6 +63,7 @@ def conjugate_gradient(
     preconditioner: Callable[[Tensor], Tensor] | Tensor | None = None,
     x0: Tensor | None = None,
     metric: Tensor | None = None,
+    check_every: int | None = 1,
 ) -> CGResult:
     """Solve A x = b by (preconditioned) conjugate gradient, A given as ``matvec``.
 
@@ -81,6 +82,13 @@ def conjugate_gradient(
     solve is confirmed on the true residual ‖b − Ax‖ (one more product), which must be below
     max(10·tol, √ε) relative to ‖b‖. Either failure reports ``status="singular"``.
 
+    Every test above is taken on the device, as a flag that freezes the iterates (x, r, p stay as they were once a
+    stop condition held), and the host reads the flags only every ``check_every`` iterations: one read per iteration
+    by default (the solve stops at the first iteration that may stop it, spending no product more), never inside the
+    loop with ``check_every=None`` (all ``max_iter`` products run, those after the stop on frozen iterates, and no
+    host-device synchronisation happens until the loop ends — for GPUs, where a read stalls the device). The result
+    (x, iterations, status) is the same for every ``check_every``.
+
     :param matvec: v ↦ A v for a symmetric A (a function or an operator's ``mv``), on b's device and dtype
     :param b: right-hand side, a flat vector
     :param max_iter: the most matrix-vector products to spend
@@ -92,6 +100,8 @@ def conjugate_gradient(
         with K = BBᵀ, and A acting as u ↦ M u where A Bᵀ = Bᵀ M — then takes exactly the iterates that
         CG on the represented system would take (see ``GaussNewtonOperator.batch_space_solve``).
         Not combined with a preconditioner.
+    :param check_every: iterations between the host's reads of the stopping flags (an integer >= 1), or None to read
+        them once, after ``max_iter`` iterations
     """
     if b.ndim != 1:
         raise ValueError(f"b must be a flat vector, got shape {tuple(b.shape)}")
@@ -101,6 +111,8 @@ def conjugate_gradient(
         raise ValueError(f"max_iter must be an integer >= 1, got {max_iter!r}")
     if not (isinstance(tol, (int, float)) and math.isfinite(tol) and tol >= 0):
         raise ValueError(f"tol must be a finite number >= 0, got {tol!r}")
+    if check_every is not None and (isinstance(check_every, bool) or not isinstance(check_every, int) or check_every < 1):
+        raise ValueError(f"check_every must be an integer >= 1 or None, got {check_every!r}")
 
     if metric is not None and preconditioner is not None:
         raise ValueError("conjugate_gradient takes a metric or a preconditioner, not both")
@@ -108,12 +120,12 @@ def conjugate_gradient(
     def dot(u: Tensor, v: Tensor) -> Tensor:
         return torch.dot(u, v) if metric is None else torch.dot(u, metric @ v)
 
-    def norm(u: Tensor) -> float:
-        return float(torch.linalg.vector_norm(u)) if metric is None else math.sqrt(max(float(dot(u, u)), 0.0))
+    def norm(u: Tensor) -> Tensor:
+        return torch.linalg.vector_norm(u) if metric is None else dot(u, u).clamp_min(0.0).sqrt()
 
     apply = matvec
     precondition = _as_preconditioner(preconditioner)
-    b_norm = norm(b)
+    b_norm = float(norm(b))
     if b_norm == 0.0:
         return CGResult(torch.zeros_like(b), 0, 0.0, True, "converged", "b is zero: x = 0")
 
@@ -127,45 +139,61 @@ def conjugate_gradient(
     p = z.clone()
     rz = dot(r, z)
     residual = norm(r) / b_norm
-    if residual <= tol:
-        return CGResult(x, 0, residual, True, "converged", "x0 already solves the system")
+    if float(residual) <= tol:
+        return CGResult(x, 0, float(residual), True, "converged", "x0 already solves the system")
 
     singular_below = 10.0 * torch.finfo(b.dtype).eps
     # the true residual of a solvable system can stall at rounding level (√ε: 3e-4 in float32, 1.5e-8 in float64)
     # while the recursive one keeps falling; only a true residual above that means the system has no solution
     rounding_floor = torch.finfo(b.dtype).eps ** 0.5
-    first_quotient = None
+    active = torch.ones((), dtype=torch.bool, device=b.device)  # no stop condition has held yet
+    first_quotient: Tensor | None = None
+    # per iteration, on the device: a step was taken, the stops before it (curvature, singular), pᵀAp, the quotient's
+    # ratio to the first, the residual reached tol — read by the host in one go after the loop
+    record: list[Tensor] = []
     for iteration in range(1, max_iter + 1):
         ap = apply(p)
         p_ap = dot(p, ap)
-        # One host sync per iteration: the curvature check and the stopping test read together.
-        curvature, p_norm2 = torch.stack([p_ap, dot(p, p)]).tolist()
-        if not curvature > 0.0 or not torch.isfinite(ap).all():
-            message = (
-                f"conjugate gradient met pᵀAp = {curvature:.3g} ≤ 0 at iteration {iteration}: "
-                "the operator is not positive definite (or produced NaN). Increase the damping, or use a "
-                "positive semi-definite curvature such as the Fisher / Gauss–Newton matrix."
-            )
-            return CGResult(x, iteration - 1, residual, False, "not_positive_definite", message)
-        quotient = curvature / p_norm2  # the Rayleigh quotient of this direction
+        quotient = p_ap / dot(p, p)  # the Rayleigh quotient of this direction
         first_quotient = quotient if first_quotient is None else first_quotient
-        if quotient < singular_below * first_quotient:
-            return CGResult(x, iteration - 1, residual, False, "singular", _singular_message(iteration, quotient / first_quotient))
+        not_positive = ~(p_ap > 0.0) | ~torch.isfinite(ap).all()
+        singular = ~not_positive & (quotient < singular_below * first_quotient)
+        step = active & ~not_positive & ~singular
         alpha = rz / p_ap
-        x = x + alpha * p
-        r = r - alpha * ap
-        residual = norm(r) / b_norm
-        if residual <= tol:
-            true_residual = norm(b - apply(x)) / b_norm
-            if not true_residual <= max(10.0 * tol, rounding_floor):
-                message = (f"the recursive residual reached {residual:.3g} but the true one is {true_residual:.3g} with "
-                           f"‖x‖ = {norm(x):.3g}: " + _singular_message(iteration, None))
-                return CGResult(x, iteration, true_residual, False, "singular", message)
-            return CGResult(x, iteration, residual, True, "converged", f"relative residual {residual:.3g} ≤ tol {tol:g}")
+        x = torch.where(step, x + alpha * p, x)
+        r = torch.where(step, r - alpha * ap, r)
+        residual = torch.where(step, norm(r) / b_norm, residual)
+        reached = step & (residual <= tol)
+        record.append(torch.stack([step, active & not_positive, active & singular, p_ap, quotient / first_quotient, reached]).double())
+        active = step & ~reached
         z = precondition(r) if precondition else r
         rz_next = dot(r, z)
-        p = z + (rz_next / rz) * p
-        rz = rz_next
+        p = torch.where(active, z + (rz_next / rz) * p, p)
+        rz = torch.where(active, rz_next, rz)
+        if check_every is not None and (iteration % check_every == 0) and not bool(active):
+            break
+
+    steps, not_positive, singular, curvatures, ratios, reached = torch.stack(record).T.tolist()
+    not_positive, singular, reached = ([flag == 1.0 for flag in flags] for flags in (not_positive, singular, reached))
+    iterations, residual = int(sum(steps)), float(residual)
+    if any(not_positive):
+        stop = not_positive.index(True)
+        message = (
+            f"conjugate gradient met pᵀAp = {curvatures[stop]:.3g} ≤ 0 at iteration {stop + 1}: "
+            "the operator is not positive definite (or produced NaN). Increase the damping, or use a "
+            "positive semi-definite curvature such as the Fisher / Gauss–Newton matrix."
+        )
+        return CGResult(x, iterations, residual, False, "not_positive_definite", message)
+    if any(singular):
+        stop = singular.index(True)
+        return CGResult(x, iterations, residual, False, "singular", _singular_message(stop + 1, ratios[stop]))
+    if any(reached):
+        true_residual = float(norm(b - apply(x))) / b_norm
+        if not true_residual <= max(10.0 * tol, rounding_floor):
+            message = (f"the recursive residual reached {residual:.3g} but the true one is {true_residual:.3g} with "
+                       f"‖x‖ = {float(norm(x)):.3g}: " + _singular_message(iterations, None))
+            return CGResult(x, iterations, true_residual, False, "singular", message)
+        return CGResult(x, iterations, residual, True, "converged", f"relative residual {residual:.3g} ≤ tol {tol:g}")
     return CGResult(x, max_iter, residual, False, "max_iter", f"stopped after {max_iter} iterations at relative residual {residual:.3g}")
 
 
@@ -183,16 +211,22 @@ class CGConfig:
 
     :param max_iter: the most matrix-vector products to spend
     :param tol: relative residual ‖b − Ax‖/‖b‖ at which to stop early
+    :param check_every: iterations between the host's reads of the stopping tests (None: only after the loop, no
+        host-device synchronisation inside it; see :func:`conjugate_gradient`)
     """
 
     max_iter: int = 10
     tol: float = 1e-10
+    check_every: int | None = 1
 
     def __post_init__(self) -> None:
         if isinstance(self.max_iter, bool) or not isinstance(self.max_iter, int) or self.max_iter < 1:
             raise ValueError(f"CG max_iter must be an integer >= 1, got {self.max_iter!r}")
         if not (math.isfinite(self.tol) and self.tol >= 0):
             raise ValueError(f"CG tol must be >= 0, got {self.tol!r}")
+        if self.check_every is not None and (isinstance(self.check_every, bool) or not isinstance(self.check_every, int)
+                                             or self.check_every < 1):
+            raise ValueError(f"CG check_every must be an integer >= 1 or None, got {self.check_every!r}")
 
     def solve(
         self,
@@ -205,5 +239,6 @@ class CGConfig:
     ) -> CGResult:
         """:func:`conjugate_gradient` with this configuration."""
         return conjugate_gradient(
-            matvec, b, max_iter=self.max_iter, tol=self.tol, preconditioner=preconditioner, x0=x0, metric=metric
+            matvec, b, max_iter=self.max_iter, tol=self.tol, preconditioner=preconditioner, x0=x0, metric=metric,
+            check_every=self.check_every,
         )

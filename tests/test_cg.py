@@ -162,3 +162,77 @@ def test_metric_and_preconditioner_are_exclusive():
     a = spd_matrix(5, torch.float64)
     with pytest.raises(ValueError, match="metric or a preconditioner"):
         conjugate_gradient(lambda v: a @ v, torch.ones(5, dtype=torch.float64), metric=a, preconditioner=torch.ones(5, dtype=torch.float64))
+
+
+def _systems():
+    """(name, matvec, b, kwargs): solves that converge, run out of iterations, are preconditioned or take a metric,
+    meet a direction of negative curvature, or have no solution (singular A, b outside its range)."""
+    g = torch.Generator().manual_seed(3)
+    m = torch.randn(8, 8, generator=g, dtype=torch.float64)
+    spd = m @ m.T + 0.5 * torch.eye(8, dtype=torch.float64)
+    b = torch.randn(8, generator=g, dtype=torch.float64)
+    indefinite = spd - 4.0 * torch.eye(8, dtype=torch.float64) * torch.linalg.eigvalsh(spd).max()
+    q, _ = torch.linalg.qr(torch.randn(4, 4, generator=g, dtype=torch.float64))
+    singular = (q[:, :2] * torch.tensor([3.0, 0.5], dtype=torch.float64)) @ q[:, :2].T  # rank 2 in R⁴
+    k = torch.randn(8, 5, generator=g, dtype=torch.float64)
+    metric = k @ k.T + torch.eye(8, dtype=torch.float64)  # M = K⁻¹S is self-adjoint in ⟨a, b⟩ = aᵀKb
+    return [
+        ("converges", lambda v: spd @ v, b, dict(max_iter=50, tol=1e-10)),
+        ("max_iter", lambda v: spd @ v, b, dict(max_iter=3, tol=0.0)),
+        ("diagonal preconditioner", lambda v: spd @ v, b, dict(max_iter=50, tol=1e-10, preconditioner=torch.diagonal(spd))),
+        ("metric", lambda v: torch.linalg.solve(metric, spd @ v), b, dict(max_iter=50, tol=1e-10, metric=metric)),
+        ("x0", lambda v: spd @ v, b, dict(max_iter=50, tol=1e-10, x0=torch.ones(8, dtype=torch.float64))),
+        ("not positive definite", lambda v: indefinite @ v, b, dict(max_iter=50, tol=1e-10)),
+        ("singular", lambda v: singular @ v, q[:, 0] + q[:, 3], dict(max_iter=20, tol=1e-10)),  # b partly in the null space
+    ]
+
+
+@pytest.mark.parametrize("case", range(len(_systems())), ids=[s[0] for s in _systems()])
+def test_the_host_reads_do_not_change_the_solve(case):
+    """Reading the stopping tests every iteration, every 3rd, or only after the loop gives the same x (bit for bit),
+    iterations, status and residual: the iterates are frozen on the device once a test holds."""
+    name, matvec, b, kwargs = _systems()[case]
+    results = [conjugate_gradient(matvec, b, check_every=k, **kwargs) for k in (1, 3, None)]
+    expected = {"converges": "converged", "max_iter": "max_iter", "diagonal preconditioner": "converged", "metric": "converged",
+                "x0": "converged", "not positive definite": "not_positive_definite", "singular": "singular"}[name]
+    assert results[0].status == expected
+    for other in results[1:]:
+        assert torch.equal(other.x, results[0].x)
+        assert (other.iterations, other.status, other.residual_norm, other.converged) == (
+            results[0].iterations, results[0].status, results[0].residual_norm, results[0].converged)
+
+
+class _CountingReads(torch.Tensor):
+    """A tensor that records every read of a value by the host (what synchronises a GPU)."""
+
+    reads: list[str] = []
+
+    @classmethod
+    def __torch_function__(cls, func, types, args=(), kwargs=None):
+        if getattr(func, "__name__", "") in {"__bool__", "item", "tolist", "__float__", "__int__", "__index__"}:
+            cls.reads.append(func.__name__)
+        return super().__torch_function__(func, types, args, kwargs or {})
+
+
+@pytest.mark.parametrize("check_every, reads_between_products", [(1, 1), (None, 0)])
+def test_no_host_read_inside_the_loop_without_checks(check_every, reads_between_products):
+    """check_every=None: between the first and the last product the host reads nothing (on a GPU: no synchronisation
+    inside the loop); check_every=1: one read per iteration."""
+    name, matvec, b, kwargs = _systems()[1]  # max_iter: every iteration runs
+    seen: list[int] = []
+
+    def counting_matvec(v):
+        seen.append(len(_CountingReads.reads))
+        return matvec(v)
+
+    _CountingReads.reads = []
+    result = conjugate_gradient(counting_matvec, b.as_subclass(_CountingReads), check_every=check_every, **kwargs)
+    assert result.iterations == len(seen) == 3
+    assert [after - before for before, after in zip(seen, seen[1:])] == [reads_between_products] * 2
+
+
+def test_check_every_is_validated():
+    with pytest.raises(ValueError, match="check_every"):
+        conjugate_gradient(lambda v: v, torch.ones(2), check_every=0)
+    with pytest.raises(ValueError, match="check_every"):
+        CGConfig(check_every=True)

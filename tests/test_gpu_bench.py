@@ -14,7 +14,7 @@ import torch
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "bench" / "gpu.py"
-CASES = {"Fisher build (forward, stored)", "Fisher-vector product", "CG, 10 iterations", "NPG update (train())",
+CASES = {"Fisher build (forward, stored)", "Fisher-vector product", "CG, 10 iterations", "CG, 10 iterations, check_every=None", "NPG update (train())",
          "NPG natural step alone", "NGDQN gradient step", "DQN gradient step (reference)"}
 
 
