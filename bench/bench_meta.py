@@ -16,6 +16,7 @@ policy-gradient steps, then CG on the implicit system) against MAML by backpropa
 policy-gradient steps.
 
     python bench/bench_meta.py                       # k = 1 5 20; writes bench/results/meta_memory.json
+    python bench/bench_meta.py --table bench/results/meta   # the README's adaptation table from the grid above
 """
 
 from __future__ import annotations
@@ -70,12 +71,59 @@ def memory_run(ks: list[int], n_steps: int, net_arch: list[int]) -> dict[str, An
     return {"peak_saved_bytes": rows, "n_steps": n_steps, "net_arch": net_arch, "env": env_id}
 
 
+BASELINES = ("random-init", "joint")
+
+
+def adaptation_table(folder: pathlib.Path) -> str:
+    """The README's table from a grid's adaptation.csv: per family and method, the mean return over the held-out tasks
+    (mean ± std over seeds) before and after each number of updates; then, per family, on how many seeds each other
+    method beats both baselines after one update (its per-seed mean return above both baselines' of that seed), and its
+    mean return after one update over joint training's (the ratio of the means over seeds; for positive returns only)."""
+    import csv
+    import statistics
+
+    with open(folder / "adaptation.csv") as f:
+        rows = list(csv.DictReader(f))
+    value = {(r["env"], r["algo"], int(r["seed"]), int(r["updates"])): float(r["mean"]) for r in rows}
+    updates = sorted({k for (_, _, _, k) in value})
+    lines = ["| family | method | seeds | " + " | ".join(f"after {k} update{'' if k == 1 else 's'}" for k in updates) + " |",
+             "|---|---|---|" + "---|" * len(updates)]
+    wins = []
+    for env in dict.fromkeys(r["env"] for r in rows):
+        algos = list(dict.fromkeys(r["algo"] for r in rows if r["env"] == env))
+        for algo in algos:
+            seeds = sorted({s for (e, a, s, _) in value if e == env and a == algo})
+            cells = []
+            for k in updates:
+                means = [value[env, algo, s, k] for s in seeds]
+                cells.append(f"{statistics.mean(means):.1f} ± {statistics.pstdev(means):.1f}")
+            lines.append(f"| {env} | {algo} | {len(seeds)} | " + " | ".join(cells) + " |")
+        if all(b in algos for b in BASELINES) and 1 in updates:
+            for algo in (a for a in algos if a not in BASELINES):
+                seeds = sorted({s for (e, a, s, _) in value if e == env and a == algo})
+                beat = [s for s in seeds if all((env, b, s, 1) in value and value[env, algo, s, 1] > value[env, b, s, 1]
+                                                for b in BASELINES)]
+                joint = statistics.mean(value[env, "joint", s, 1] for s in seeds if (env, "joint", s, 1) in value)
+                # a ratio reads as "× joint training" for positive returns only
+                ratio = f"{statistics.mean(value[env, algo, s, 1] for s in seeds) / joint:.2f}" if joint > 0 else "—"
+                wins.append(f"| {env} | {algo} | {len(beat)} of {len(seeds)} | {ratio} |")
+    if wins:
+        lines += ["", "| family | method | seeds on which it beats random init and joint training after 1 update | "
+                      "mean return after 1 update ÷ joint training's |", "|---|---|---|---|", *wins]
+    return "\n".join(lines)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--memory-steps", type=int, nargs="+", default=[1, 5, 20], help="inner steps k (default 1 5 20)")
     parser.add_argument("--memory-n-steps", type=int, default=500, help="transitions per rollout (default 500)")
     parser.add_argument("--tag", default="", help="suffix of the result file")
+    parser.add_argument("--table", metavar="FOLDER", help="print the README's adaptation table from a grid's --out folder "
+                                                          "(its adaptation.csv) instead of measuring memory")
     args = parser.parse_args()
+    if args.table:
+        print(adaptation_table(pathlib.Path(args.table)))
+        return
     torch.set_num_threads(1)
     RESULTS.mkdir(parents=True, exist_ok=True)
     meta = {"torch": torch.__version__, "python": platform.python_version(), "machine": platform.machine(),
