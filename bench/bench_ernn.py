@@ -18,11 +18,10 @@ rppo-lstm of configs/variants.yml (the settings below, as data); each writes sum
     $G --envs ngrl/CartPoleNoVel-v1 --n-timesteps 102400 --eval-freq 5000 --n-eval-episodes 10 --out bench/results/ernn/cartpole_novel
 
 Budgets are the steps the former `learn` command of this script ran (it trained in chunks of the evaluation
-period, each rounded up to whole rollouts). Its learning table (README, bench/results/ernn_learn.json) was measured
-with that command, with the same models and seeds: the grid trains them identically (same parameters, checked
-on corridor10 and CartPoleNoVel), but evaluates inside training at each multiple of --eval-freq as SB3's
-EvalCallback does, where the command evaluated between chunks. It also measured ‖∂h_T/∂h_0‖₂ of the actor's cell
-at each evaluation, which the grid does not.
+period, each rounded up to whole rollouts); the grid trains the same models identically (same parameters, checked
+on corridor10 and CartPoleNoVel) but evaluates inside training at each multiple of --eval-freq, as SB3's
+EvalCallback does. `table` prints the README's learning table from the grids' folders (the corridor rows; the
+CartPoleNoVel rows are still the former command's, bench/results/ernn_learn.json, until that grid is finished).
 
 TASKS and make_model below are the models of `speed` (the same settings as the variants).
 """
