@@ -634,9 +634,9 @@ def resolve_run(algo: str, env: str, *, seed: int | None, overrides: dict[str, A
     """The config block of ``algo`` for ``env`` with the overrides, every value checked by name, type and range
     (``base_config=False``: the overrides alone, over the constructor's defaults).
 
-    A meta-learner (reptile, fomaml, imaml, rl2) needs a task family; its sub-envs are its tasks (RL²'s, its ``n_envs``
-    trials), so it takes no ``normalize``, and no ``n_envs`` but RL²'s. ``n_timesteps=0`` (a grid row's own budget, never a config's): the
-    model is built and evaluated, never trained.
+    A meta-learner (reptile, fomaml, imaml, rl2, joint) needs a task family; its sub-envs are its tasks (RL²'s, its
+    ``n_envs`` trials), so it takes no ``normalize``, and no ``n_envs`` but RL²'s. ``n_timesteps=0`` (a grid row's own
+    budget, never a config's): the model is built and evaluated, never trained.
     """
     algo_cls = algorithm(algo, peers=True)
     params = load_hyperparams(algo, env, overrides, config, base_config)
