@@ -20,8 +20,7 @@ rppo-lstm of configs/variants.yml (the settings below, as data); each writes sum
 Budgets are the steps the former `learn` command of this script ran (it trained in chunks of the evaluation
 period, each rounded up to whole rollouts); the grid trains the same models identically (same parameters, checked
 on corridor10 and CartPoleNoVel) but evaluates inside training at each multiple of --eval-freq, as SB3's
-EvalCallback does. `table` prints the README's learning table from the grids' folders (the corridor rows; the
-CartPoleNoVel rows are still the former command's, bench/results/ernn_learn.json, until that grid is finished).
+EvalCallback does. `table` prints the README's learning table from the grids' folders.
 
 TASKS and make_model below are the models of `speed` (the same settings as the variants).
 """
