@@ -205,6 +205,7 @@ RULES: dict[str, dict[str, Rule]] = {
         "normalize_advantage": boolean,
         "sub_sampling_factor": positive_int,
         "sequence_length": optional(positive_int),
+        "fisher_sequence_length": optional(positive_int),
         "rollout_buffer_kwargs": optional(mapping),
     },
     "VPG": {

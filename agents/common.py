@@ -12,6 +12,7 @@ from collections.abc import Iterator
 
 import numpy as np
 import torch
+from gymnasium import spaces
 
 from agents.checkpoint import CheckpointError, CheckpointMixin, NonFiniteParametersError, register_safe_class, zip_path
 from ngrl.sb3_adapter import critic_parameters
@@ -21,10 +22,17 @@ __all__ = [
     "CheckpointMixin",
     "NonFiniteParametersError",
     "critic_parameters",
+    "family_actions",
     "isolated_random_state",
     "register_safe_class",
     "zip_path",
 ]
+
+
+def family_actions(actions: torch.Tensor, action_space: spaces.Space) -> torch.Tensor:
+    """A rollout's stored actions in the layout of the policy's output family: class indices (n,) for a
+    Discrete space, the stored rows unchanged otherwise."""
+    return actions.long().flatten() if isinstance(action_space, spaces.Discrete) else actions
 
 
 @contextlib.contextmanager

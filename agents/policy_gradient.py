@@ -24,6 +24,7 @@ from torch.nn import functional as F
 
 from stable_baselines3.common.policies import ActorCriticPolicy
 
+from agents.common import family_actions
 from agents.recurrent.on_policy import whole_rollout
 from ngrl.fisher.distributions import OutputDistribution
 from ngrl.sb3_adapter import ActorView, actor_view
@@ -95,7 +96,7 @@ def policy_gradient_batch(
     """
     rollout = whole_rollout(buffer)
     actor_inputs = actor.inputs_from(rollout)
-    actions = rollout.actions.long().flatten() if isinstance(action_space, spaces.Discrete) else rollout.actions
+    actions = family_actions(rollout.actions, action_space)
     if not torch.isfinite(rollout.advantages).all():
         raise ValueError(
             "NaN or inf in the advantages: the rewards or value estimates diverged. Check the env's rewards "

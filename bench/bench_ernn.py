@@ -3,6 +3,7 @@
     python bench/bench_ernn.py gradnorm                 # ‖∂h_T/∂h_0‖ of the cells at init (seconds)
     python bench/bench_ernn.py probe                    # can the cell's state tell velocities? (minutes)
     python bench/bench_ernn.py speed                    # training seconds per 100k steps, interleaved (minutes)
+    python bench/bench_ernn.py defaults                 # the same at default arguments: NPG + ERNN beside RecurrentPPO
     python bench/bench_ernn.py table bench/results/ernn/corridor10 ...   # the README table from the grids below
 
 The learning table is a grid of `train.py benchmark` per task, with the variants npg-ernn, npg-lstm, npg-mlp and
@@ -95,7 +96,9 @@ def make_model(method: str, task: str, seed: int, env):
         return NPG("MlpPolicy", env, policy_kwargs=dict(net_arch=[64, 64]), **npg_params)
     policy_kwargs = ERNN_POLICY if method == "npg-ernn" else LSTM_POLICY
     sequence_length = 16 if n_steps <= 64 else n_steps
-    return NPG("MlpErnnPolicy", env, policy_kwargs=dict(policy_kwargs), sequence_length=sequence_length, **npg_params)
+    # the Fisher through whole rollouts, as the variants of the table (configs/variants.yml)
+    return NPG("MlpErnnPolicy", env, policy_kwargs=dict(policy_kwargs), sequence_length=sequence_length,
+               fisher_sequence_length=None, **npg_params)
 
 
 def cmd_gradnorm(args: argparse.Namespace) -> None:
@@ -258,6 +261,54 @@ def cmd_speed(args: argparse.Namespace) -> None:
     (RESULTS / "ernn_speed.json").write_text(json.dumps({"command": " ".join(sys.argv), "rows": rows}, indent=1))
 
 
+# rows of `defaults`: (label, a grid name: an algorithm or a variant of configs/variants.yml, overrides over it)
+DEFAULT_ROWS: tuple[tuple[str, str, dict[str, Any]], ...] = (
+    ("npg-ernn-defaults", "npg-ernn-defaults", {}),
+    ("npg-ernn-defaults-whole", "npg-ernn-defaults-whole", {}),
+    ("rppo-defaults", "recurrentppo", {"base_config": False, "policy": "MlpLstmPolicy", "normalize": True}),
+    ("rppo-zoo", "recurrentppo", {}),
+)
+
+
+def cmd_defaults(args: argparse.Namespace) -> None:
+    """Training wall time per 100k steps on CartPoleNoVel of NPG("MlpErnnPolicy", env) at its defaults (and at the
+    former ones: critic and Fisher through whole rollouts) beside sb3-contrib's RecurrentPPO at its defaults and at the
+    zoo's ppo_lstm entry; every model built as `train.py benchmark` builds it (VecNormalize for all), runs interleaved
+    (the order rotates every repetition), one torch thread, timed after one warm-up rollout, no evaluation."""
+    torch.set_num_threads(1)
+    import train
+
+    rows = []
+    labels = [row for row in DEFAULT_ROWS if row[0] in args.methods]
+    for rep in range(args.repeats):
+        order = labels[rep % len(labels):] + labels[: rep % len(labels)]
+        for label, name, extra in order:
+            grid = train.grid_algorithm(name)
+            overrides = {**grid.overrides(args.env), **{k: v for k, v in extra.items() if k != "base_config"}}
+            spec = train.resolve_run(grid.algo, args.env, seed=rep, overrides=overrides,
+                                     base_config=extra.get("base_config", grid.base_config))
+            model = train.build_model(spec, device="cpu")
+            rollout = model.n_steps * model.n_envs
+            model.learn(rollout)  # warm-up: one rollout and update
+            start = time.perf_counter()
+            model.learn(args.steps, reset_num_timesteps=False)
+            seconds = time.perf_counter() - start
+            done = model.num_timesteps - rollout
+            rows.append({"method": label, "algo": spec.algo, "repeat": rep, "n_envs": model.n_envs, "n_steps": model.n_steps,
+                         "parameters": sum(p.numel() for p in model.policy.parameters()), "steps": done,
+                         "seconds": seconds, "seconds_per_100k": seconds / done * 1e5})
+            print(f"{label} rep {rep}: {rows[-1]['seconds_per_100k']:.0f} s / 100k steps", flush=True)
+    lines = ["| method | n_envs × n_steps | params | s / 100k steps (median) | ratio to rppo-zoo |", "|---|---|---|---|---|"]
+    medians = {label: statistics.median(r["seconds_per_100k"] for r in rows if r["method"] == label) for label, _, _ in labels}
+    for label, _, _ in labels:
+        first = next(r for r in rows if r["method"] == label)
+        ratio = f"{medians[label] / medians['rppo-zoo']:.2f}" if "rppo-zoo" in medians else "—"
+        lines.append(f"| {label} | {first['n_envs']} × {first['n_steps']} | {first['parameters']:,} | {medians[label]:.0f} | {ratio} |")
+    print("\n".join(lines))
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / "ernn_defaults_speed.json").write_text(json.dumps({"command": " ".join(sys.argv), "env": args.env, "rows": rows}, indent=1))
+
+
 def parameter_count(run_dir: pathlib.Path, algo: str) -> int:
     """Parameters of the policy a grid run saved (actor and critic, as the models are compared whole)."""
     import train
@@ -308,6 +359,12 @@ def main() -> None:
     speed.add_argument("--repeats", type=int, default=3)
     speed.add_argument("--steps", type=int, default=10_240)
     speed.set_defaults(handler=cmd_speed)
+    defaults = commands.add_parser("defaults")
+    defaults.add_argument("--env", default="ngrl/CartPoleNoVel-v1")
+    defaults.add_argument("--methods", nargs="+", default=[row[0] for row in DEFAULT_ROWS], choices=[row[0] for row in DEFAULT_ROWS])
+    defaults.add_argument("--repeats", type=int, default=3)
+    defaults.add_argument("--steps", type=int, default=10_240)
+    defaults.set_defaults(handler=cmd_defaults)
     probe = commands.add_parser("probe")
     probe.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     probe.add_argument("--iterations", type=int, default=1500)

@@ -614,8 +614,8 @@ def test_vpg_trains_a_recurrent_policy_on_its_own(tmp_path):
     model.learn(64)
     assert (get_flat_params(model._actor_params) - before).norm() > 0
     assert any(p is model.policy.rnn_actor.cell.weight_hh for p in model._actor_params)
-    with pytest.raises(ValueError, match="sequence_length=5 must be a positive divisor"):
-        VPG("MlpErnnPolicy", "ngrl/CueCorridor-v0", n_steps=32, sequence_length=5)
+    with pytest.raises(ValueError, match="sequence_length must be a positive integer, got 0"):
+        VPG("MlpErnnPolicy", "ngrl/CueCorridor-v0", n_steps=32, sequence_length=0)
 
 
 def test_imaml_fisher_curvature_of_a_recurrent_policy_is_the_kl_hessian():

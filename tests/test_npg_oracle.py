@@ -10,6 +10,7 @@ and α = sqrt(2δ / wᵀ(F + λI)w) (the rule documented in ``ngrl.natural_step`
 from __future__ import annotations
 
 import math
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -249,13 +250,18 @@ def _sequence_distribution(policy, params, theta, seqs):
     return functional_call(Latent(), {f"policy.{k}": v for k, v in values.items()}, (seqs,))
 
 
-@pytest.mark.parametrize("k", [1, 2], ids=["all-sequences", "sub-sampled"])
-def test_recurrent_npg_step_equals_the_dense_natural_gradient(k):
+def _recurrent_model(**kwargs):
     env = make_vec_env("ngrl/CartPoleNoVel-v1", n_envs=4, seed=0)
     model = NPG("MlpErnnPolicy", env, n_steps=8, n_critic_updates=0, seed=0, device="cpu", cg_damping=DAMPING, cg_max_steps=200,
-                cg_tol=1e-13, target_kl=0.02, sub_sampling_factor=k, policy_kwargs=dict(cell="ernn", hidden_size=3, net_arch=[4]))
+                cg_tol=1e-13, target_kl=0.02, policy_kwargs=dict(cell="ernn", hidden_size=3, net_arch=[4]), **kwargs)
     _collect(model)
     _to_float64(model)
+    return model
+
+
+def _recurrent_oracle(model, fisher_seqs, rows):
+    """θ after NPG's step, computed densely: the gradient of the surrogate through the whole sequences, the Fisher
+    as the Hessian of the mean KL over the rows ``rows`` of the actor run on ``fisher_seqs``."""
     policy, params = model.policy, model._actor_params
     seqs = whole_rollout(model.rollout_buffer)  # one sequence per env, env-major rows
     theta0 = get_flat_params(params).clone()
@@ -267,22 +273,58 @@ def test_recurrent_npg_step_equals_the_dense_natural_gradient(k):
         return (torch.exp(log_prob - seqs.old_log_prob) * advantages).mean()
 
     gradient = torch.func.grad(surrogate)(theta0)
-    # the Fisher on the sequences of envs 0, k, 2k, ...: rows e·n_steps … (e+1)·n_steps − 1 of each kept env
-    rows = torch.cat([torch.arange(e * 8, (e + 1) * 8) for e in range(0, 4, k)])
     with torch.no_grad():
-        old = _sequence_distribution(policy, params, theta0, seqs)
-        old_logits = old.logits[rows]
+        old_logits = _sequence_distribution(policy, params, theta0, fisher_seqs).logits[rows]
 
     def mean_kl(theta):
-        new_logits = _sequence_distribution(policy, params, theta, seqs).logits[rows]
+        new_logits = _sequence_distribution(policy, params, theta, fisher_seqs).logits[rows]
         return (torch.softmax(old_logits, -1) * (torch.log_softmax(old_logits, -1) - torch.log_softmax(new_logits, -1))).sum(-1).mean()
 
     damped = torch.autograd.functional.hessian(mean_kl, theta0) + DAMPING * torch.eye(len(theta0), dtype=D)
     w = torch.linalg.solve(damped, gradient)
-    expected = theta0 + math.sqrt(2 * 0.02 / float(w @ damped @ w)) * w
+    return theta0 + math.sqrt(2 * 0.02 / float(w @ damped @ w)) * w
+
+
+@pytest.mark.parametrize("k", [1, 2], ids=["all-sequences", "sub-sampled"])
+def test_recurrent_npg_step_equals_the_dense_natural_gradient(k):
+    model = _recurrent_model(sub_sampling_factor=k)
+    seqs = whole_rollout(model.rollout_buffer)
+    # the Fisher on the sequences of envs 0, k, 2k, ...: rows e·n_steps … (e+1)·n_steps − 1 of each kept env
+    rows = torch.cat([torch.arange(e * 8, (e + 1) * 8) for e in range(0, 4, k)])
+    expected = _recurrent_oracle(model, seqs, rows)
     assert seqs.episode_starts.sum() > 0 or k == 1  # resets inside the rollout are exercised
     model.train()
-    torch.testing.assert_close(get_flat_params(params), expected, rtol=1e-7, atol=1e-9)
+    torch.testing.assert_close(get_flat_params(model._actor_params), expected, rtol=1e-7, atol=1e-9)
+
+
+def _hand_windows(buffer, length: int):
+    """Each env's steps 0…length−1, length…2·length−1, … (the remainder left out), built from the buffer's arrays by hand:
+    window (e, c) runs from the actor state stored at step c·length of env e."""
+    chunks = buffer.buffer_size // length
+    pick = [(e, c) for e in range(buffer.n_envs) for c in range(chunks)]
+
+    def rows(array):
+        return torch.as_tensor(np.concatenate([array[c * length : (c + 1) * length, e] for e, c in pick]))
+
+    pi = tuple(torch.stack([s[c * length, e] for e, c in pick]) for s in buffer.states.pi)
+    states = type(buffer.states)(pi, buffer.states.vf)
+    return SimpleNamespace(observations=rows(buffer.observations), episode_starts=rows(buffer.episode_starts), states=states)
+
+
+@pytest.mark.parametrize("k", [1, 2], ids=["all-windows", "sub-sampled"])
+def test_recurrent_npg_step_with_the_windowed_fisher_equals_the_dense_natural_gradient(k):
+    """fisher_sequence_length=3 of n_steps=8: the Fisher on windows 0–2 and 3–5 of each env (steps 6–7 left out), each
+    from its stored state, every k-th window kept; the gradient still through the whole sequences."""
+    model = _recurrent_model(fisher_sequence_length=3, sub_sampling_factor=k)
+    windows = _hand_windows(model.rollout_buffer, 3)  # 4 envs × 2 windows of 3 steps, window-major rows
+    rows = torch.cat([torch.arange(w * 3, (w + 1) * 3) for w in range(0, 8, k)])
+    expected = _recurrent_oracle(model, windows, rows)
+    assert windows.episode_starts.sum() > 0  # resets inside the windows are exercised
+    # the windowed Fisher is another matrix than the whole sequences' one: the oracle tells them apart
+    whole = _recurrent_oracle(model, whole_rollout(model.rollout_buffer), torch.arange(32))
+    assert not torch.allclose(whole, expected, rtol=1e-5, atol=1e-7)
+    model.train()
+    torch.testing.assert_close(get_flat_params(model._actor_params), expected, rtol=1e-7, atol=1e-9)
 
 
 # --- VPG ----------------------------------------------------------------------------------------

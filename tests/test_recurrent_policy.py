@@ -184,10 +184,11 @@ def test_npg_smoke_and_buffer_states(cell: str, n_state_tensors: int) -> None:
     assert "_last_rnn_state" in model._excluded_save_params()
 
 
-@pytest.mark.parametrize("sequence_length", [None, 8])
+@pytest.mark.parametrize("sequence_length", [None, 8, 5])
 @pytest.mark.parametrize("cell", ["ernn", "lstm"])
 def test_sequences_reproduce_the_rollout(cell: str, sequence_length: int | None) -> None:
-    """Re-running the policy on the stored sequences from their stored start states gives the rollout's log π and V."""
+    """Re-running the policy on the stored sequences from their stored start states gives the rollout's log π and V
+    (a length that does not divide n_steps = 32: windows of 5 steps, then one of 2 per env in a batch of its own)."""
     model = small_npg(cell)
     model.learn(32)  # one rollout, then one update: collect a fresh rollout with the updated policy
     model.collect_rollouts(model.env, _NullCallback(), model.rollout_buffer, model.n_steps)
@@ -195,16 +196,22 @@ def test_sequences_reproduce_the_rollout(cell: str, sequence_length: int | None)
     assert buffer.episode_starts.sum() > 0  # CartPoleNoVel episodes end inside 32 steps: resets are exercised
     family = policy_distribution(model.policy)
     batches = list(buffer.get_sequences(sequence_length, batch_size=None))
-    assert len(batches) == 1
-    seqs = batches[0]
-    with torch.no_grad():
-        log_prob = family.log_prob(SequenceActor(model.policy)(seqs), seqs.actions.long().flatten())
-        values = model.policy.predict_values(seqs.observations, seqs.states.vf, seqs.episode_starts).flatten()
-    torch.testing.assert_close(log_prob, seqs.old_log_prob, atol=1e-5, rtol=1e-5)
-    torch.testing.assert_close(values, seqs.old_values, atol=1e-5, rtol=1e-5)
+    assert [b.sequence_length for b in batches] == {None: [32], 8: [8], 5: [5, 2]}[sequence_length]
+    for seqs in batches:
+        with torch.no_grad():
+            log_prob = family.log_prob(SequenceActor(model.policy)(seqs), seqs.actions.long().flatten())
+            values = model.policy.predict_values(seqs.observations, seqs.states.vf, seqs.episode_starts).flatten()
+        torch.testing.assert_close(log_prob, seqs.old_log_prob, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(values, seqs.old_values, atol=1e-5, rtol=1e-5)
     # minibatches cover every transition exactly once
-    total = sum(b.observations.shape[0] for b in buffer.get_sequences(8, batch_size=16))
-    assert total == buffer.buffer_size * buffer.n_envs
+    length = sequence_length or 8
+    seen = torch.cat([b.observations for b in buffer.get_sequences(length, batch_size=16)])
+    assert seen.shape[0] == buffer.buffer_size * buffer.n_envs
+    stored = buffer.observations.reshape(-1, seen.shape[1])
+    np.testing.assert_array_equal(np.sort(seen.numpy(), axis=0), np.sort(stored, axis=0))
+    # the Fisher's windows leave the remainder out
+    kept = next(buffer.get_sequences(length, batch_size=None, drop_remainder=True))
+    assert kept.observations.shape[0] == (32 // length) * length * buffer.n_envs
 
 
 class _NullCallback:
@@ -284,8 +291,10 @@ def test_cnn_ernn_policy_runs_on_images() -> None:
 def test_bad_input_is_explained() -> None:
     with pytest.raises(ValueError, match="unknown recurrent cell"):
         small_npg("transformer")
-    with pytest.raises(ValueError, match="divisor of n_steps"):
-        small_npg(sequence_length=5)
+    with pytest.raises(ValueError, match="sequence_length must be a positive integer, got 0"):
+        small_npg(sequence_length=0)
+    with pytest.raises(ValueError, match="fisher_sequence_length must be a positive integer, got -1"):
+        small_npg(fisher_sequence_length=-1)
     with pytest.raises(ValueError, match="gSDE"):
         RecurrentActorCriticPolicy(gym.spaces.Box(-1, 1, (2,)), gym.spaces.Box(-1, 1, (1,)), lambda _: 1e-3, use_sde=True)
     with pytest.raises(ValueError, match="unknown ERNN readout"):

@@ -55,6 +55,10 @@ class RL2(NPG):
     :param gamma: discount factor (across the episodes of a trial too)
     :param gae_lambda: λ of generalised advantage estimation
     :param target_kl: trust-region radius δ of the natural step
+    :param sequence_length: steps per window of the critic's minibatches (None, the default: whole rollouts, so
+        that its gradients reach back across the trial's episodes; NPG's default is 16)
+    :param fisher_sequence_length: steps per window of the Fisher (None, the default: whole rollouts, the trial's
+        history included; NPG's default is 64)
     :param policy_kwargs: keyword arguments of the policy (``cell``, ``hidden_size``, ``net_arch`` ...)
     :param seed: random seed (sub-env i's trials draw their tasks from an RNG seeded with ``seed + i``)
     :param kwargs: any other argument of :class:`agents.NPG`
@@ -72,6 +76,8 @@ class RL2(NPG):
         gamma: float = 0.99,
         gae_lambda: float = 0.95,
         target_kl: float = 0.01,
+        sequence_length: int | None = None,
+        fisher_sequence_length: int | None = None,
         policy_kwargs: dict[str, Any] | None = None,
         seed: int | None = None,
         _init_setup_model: bool = True,
@@ -93,6 +99,8 @@ class RL2(NPG):
             gamma=gamma,
             gae_lambda=gae_lambda,
             target_kl=target_kl,
+            sequence_length=sequence_length,
+            fisher_sequence_length=fisher_sequence_length,
             policy_kwargs=policy_kwargs,
             seed=seed,
             _init_setup_model=False,

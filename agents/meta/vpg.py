@@ -40,8 +40,8 @@ class VPG(CheckpointMixin, PolicyGradientMixin, RecurrentOnPolicyMixin, OnPolicy
     :param gae_lambda: λ of generalised advantage estimation
     :param n_critic_updates: epochs of critic minibatch updates per rollout
     :param normalize_advantage: standardise advantages per rollout
-    :param sequence_length: recurrent policies only: steps per sequence in the critic's minibatches
-        (a divisor of n_steps; default n_steps)
+    :param sequence_length: recurrent policies only: steps per window in the critic's minibatches (at most
+        n_steps, a shorter last window where it does not divide n_steps; default: the whole n_steps)
     :param stats_window_size: episodes averaged in the rollout logs
     :param tensorboard_log: tensorboard log folder (None: no tensorboard)
     :param policy_kwargs: keyword arguments of the policy
@@ -106,8 +106,6 @@ class VPG(CheckpointMixin, PolicyGradientMixin, RecurrentOnPolicyMixin, OnPolicy
             check_spaces(self.observation_space, self.action_space)
         if not step_size > 0:
             raise ValueError(f"step_size must be positive, got {step_size}")
-        if sequence_length is not None and (sequence_length < 1 or n_steps % sequence_length):
-            raise ValueError(f"sequence_length={sequence_length} must be a positive divisor of n_steps={n_steps}")
         self.step_size = step_size
         self.sequence_length = sequence_length
         self.batch_size = batch_size

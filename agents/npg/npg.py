@@ -55,7 +55,9 @@ class NPG(CheckpointMixin, PolicyGradientMixin, RecurrentOnPolicyMixin, OnPolicy
     ``policy_kwargs=dict(cell="ernn" | "lstm" | "gru")``) the rollout is kept as one sequence per
     environment with the state that entered it; the surrogate, its gradient and the Fisher
     F = (1/n) Σᵢ Jᵢᵀ H(zᵢ) Jᵢ are taken through the unrolled recurrence from that stored state
-    (``ngrl.recurrent.sequence_fisher``), and the critic is fitted on windows of ``sequence_length`` steps.
+    (``ngrl.recurrent.sequence_fisher``); the Fisher on windows of ``fisher_sequence_length`` steps from the
+    stored states (cheaper products through shorter recurrences), and the critic is fitted on windows of
+    ``sequence_length`` steps.
     Both kinds are reached through the actor's view (``ngrl.actor_view``): ``train()`` has no branch on kind.
 
     :param policy: the policy model ("MlpPolicy", "CnnPolicy", "MultiInputPolicy", "MlpErnnPolicy",
@@ -91,8 +93,13 @@ class NPG(CheckpointMixin, PolicyGradientMixin, RecurrentOnPolicyMixin, OnPolicy
     :param normalize_advantage: standardise advantages per rollout
     :param sub_sampling_factor: estimate the Fisher on every k-th state only (cheaper products);
         with a recurrent policy on every k-th environment's sequence
-    :param sequence_length: recurrent policies only: steps per sequence in the critic's minibatches
-        (truncated backpropagation through time; must divide n_steps; None: the whole n_steps)
+    :param sequence_length: recurrent policies only: steps per window in the critic's minibatches, each window
+        run from the critic state stored at its first step (truncated backpropagation through time; at most
+        n_steps, a shorter last window where it does not divide n_steps; None: the whole n_steps)
+    :param fisher_sequence_length: recurrent policies only: the Fisher is taken on windows of this many steps,
+        each run from the actor state stored at its first step, so that its Jacobians stop there (the gradient
+        and the measured KL still run through whole rollouts); each env's last n_steps mod this many steps are
+        left out of it; None (or ≥ n_steps): the whole rollouts
     :param log_spectrum: log per update ``train/fisher_lambda_max`` (λ_max of the undamped F, by Lanczos),
         ``train/fisher_condition`` (a lower bound of the condition number of F + λI, the matrix CG solves)
         and ``train/cg_gradient_angle`` (the angle in degrees between the natural direction and the
@@ -140,7 +147,8 @@ class NPG(CheckpointMixin, PolicyGradientMixin, RecurrentOnPolicyMixin, OnPolicy
         n_critic_updates: int = 10,
         normalize_advantage: bool = True,
         sub_sampling_factor: int = 1,
-        sequence_length: int | None = None,
+        sequence_length: int | None = 16,
+        fisher_sequence_length: int | None = 64,
         log_spectrum: bool = False,
         rollout_buffer_class: type | None = None,
         rollout_buffer_kwargs: dict[str, Any] | None = None,
@@ -188,8 +196,6 @@ class NPG(CheckpointMixin, PolicyGradientMixin, RecurrentOnPolicyMixin, OnPolicy
             preconditioner = None
         if sub_sampling_factor < 1:
             raise ValueError("sub_sampling_factor must be >= 1")
-        if sequence_length is not None and (sequence_length < 1 or n_steps % sequence_length):
-            raise ValueError(f"sequence_length={sequence_length} must be a positive divisor of n_steps={n_steps}")
         if self.env is not None:
             buffer_size = self.env.num_envs * n_steps
             if normalize_advantage and buffer_size <= 1:
@@ -210,6 +216,7 @@ class NPG(CheckpointMixin, PolicyGradientMixin, RecurrentOnPolicyMixin, OnPolicy
         self.normalize_advantage = normalize_advantage
         self.sub_sampling_factor = sub_sampling_factor
         self.sequence_length = sequence_length
+        self.fisher_sequence_length = fisher_sequence_length
         self.log_spectrum = log_spectrum
         if _init_setup_model:
             self._setup_model()
@@ -235,6 +242,7 @@ class NPG(CheckpointMixin, PolicyGradientMixin, RecurrentOnPolicyMixin, OnPolicy
         or ``log_spectrum`` asks for it; otherwise it is None and nothing beyond the operator is computed.
         The operator's ``damping`` is the resolved λ: every later use of λ in the update reads it there.
         """
+        inputs, actions = self._fisher_batch(inputs, actions)  # recurrent: windows of fisher_sequence_length steps
         inputs, actions = self._actor.subsample(inputs, actions, self.sub_sampling_factor)
         estimator = "exact" if self.fisher_estimator == "adaptive" else self.fisher_estimator  # adaptive: F of the KL model
         factor = relative_damping(self.cg_damping)

@@ -63,30 +63,43 @@ class RecurrentRolloutBuffer(RolloutBuffer):
         super().add(*args, **kwargs)
 
     def get_sequences(
-        self, sequence_length: int | None = None, batch_size: int | None = None
+        self, sequence_length: int | None = None, batch_size: int | None = None, *, drop_remainder: bool = False
     ) -> Generator[RecurrentSequences, None, None]:
-        """Minibatches of whole sequences.
+        """Minibatches of sequences: each environment's n_steps cut into windows of ``sequence_length`` steps, each
+        with the state stored at its first step.
 
-        :param sequence_length: steps per sequence; must divide n_steps (default: n_steps, one
-            sequence per environment)
-        :param batch_size: transitions per minibatch (rounded to whole sequences, at least one);
-            None yields every sequence in one batch, in environment order
+        When the length does not divide n_steps, each environment's last r = n_steps mod ``sequence_length``
+        steps form one shorter window more; those n_envs windows come after the others, in minibatches of
+        their own (a minibatch holds windows of one length), so every step is used once per pass.
+
+        :param sequence_length: steps per window, at most n_steps (default: n_steps, one sequence per environment)
+        :param batch_size: transitions per minibatch (rounded to whole windows, at least one); None yields the
+            windows of each length in one batch, in environment order
+        :param drop_remainder: leave the shorter windows out (for estimates that need not see every step,
+            such as the Fisher)
         """
         if not self.full:
             raise RuntimeError("the rollout buffer is not full yet: collect n_steps steps before sampling")
-        assert self.states is not None
         steps = self.buffer_size
         length = steps if sequence_length is None else int(sequence_length)
-        if length < 1 or steps % length:
-            raise ValueError(
-                f"sequence_length={sequence_length} must divide n_steps={steps}: pick a divisor of n_steps (or None for whole rollouts)"
-            )
-        chunks = steps // length
+        if not 1 <= length <= steps:
+            raise ValueError(f"sequence_length={sequence_length} must be between 1 and n_steps={steps} (or None for whole rollouts)")
+        chunks, remainder = divmod(steps, length)
+        yield from self._window_batches(0, chunks, length, batch_size)
+        if remainder and not drop_remainder:
+            yield from self._window_batches(chunks * length, 1, remainder, batch_size)
+
+    def _window_batches(
+        self, first: int, chunks: int, length: int, batch_size: int | None
+    ) -> Generator[RecurrentSequences, None, None]:
+        """Minibatches of the windows of ``length`` steps starting at steps first + c·length (c < ``chunks``) of every env."""
+        assert self.states is not None
         n_seq = self.n_envs * chunks
+        span = slice(first, first + chunks * length)
 
         def to_sequences(array: np.ndarray) -> Tensor:
             # (steps, n_envs, ...) -> (n_envs, chunks, length, ...) -> (n_seq, length, ...)
-            a = np.swapaxes(array, 0, 1).reshape(self.n_envs, chunks, length, *array.shape[2:])
+            a = np.swapaxes(array[span], 0, 1).reshape(self.n_envs, chunks, length, *array.shape[2:])
             return self.to_torch(a.reshape(n_seq, length, *array.shape[2:]))
 
         fields = {
@@ -98,8 +111,8 @@ class RecurrentRolloutBuffer(RolloutBuffer):
             "returns": to_sequences(self.returns),
             "episode_starts": to_sequences(self.episode_starts),
         }
-        # the state entering step c·length of env e: stored[(c·length), e] -> sequence e·chunks + c
-        starts = torch.arange(0, steps, length, device=self.states.pi[0].device)
+        # the state entering step first + c·length of env e: stored[first + c·length, e] -> window e·chunks + c
+        starts = torch.arange(first, first + chunks * length, length, device=self.states.pi[0].device)
         states = RecurrentState(
             *(tuple(s[starts].transpose(0, 1).reshape(n_seq, *s.shape[2:]) for s in part) for part in self.states)
         )

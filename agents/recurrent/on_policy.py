@@ -21,7 +21,7 @@ from stable_baselines3.common.type_aliases import MaybeCallback
 from stable_baselines3.common.utils import obs_as_tensor
 from stable_baselines3.common.vec_env import VecEnv
 
-from agents.common import critic_parameters
+from agents.common import critic_parameters, family_actions
 from agents.recurrent.buffers import RecurrentRolloutBuffer
 from agents.recurrent.policies import RecurrentActorCriticPolicy
 from ngrl.sb3_adapter import actor_view
@@ -51,11 +51,13 @@ class RecurrentOnPolicyMixin:
 
     Call :meth:`_setup_actor` from ``_setup_model`` (it wraps SB3's): with a recurrent policy the
     rollout buffer keeps the state entering every step, :meth:`collect_rollouts` carries the state
-    (reset at episode starts) and :meth:`_critic_batches` yields windows of ``sequence_length`` steps.
+    (reset at episode starts), :meth:`_critic_batches` yields windows of ``sequence_length`` steps and
+    :meth:`_fisher_batch` cuts the rollout into windows of ``fisher_sequence_length`` steps.
     The running state is not saved: a loaded model starts episodes from zero states.
     """
 
     sequence_length: int | None = None
+    fisher_sequence_length: int | None = None  # a checkpoint saved before it existed: whole sequences, as then
 
     def _setup_actor(self) -> None:
         """SB3's setup, then ``_recurrent`` (plumbing only), ``_actor`` (the actor view), ``_actor_params``, ``_critic_params``."""
@@ -137,10 +139,27 @@ class RecurrentOnPolicyMixin:
         callback.on_rollout_end()
         return True
 
+    def _fisher_batch(self, inputs: Any, actions: Tensor) -> tuple[Any, Tensor]:
+        """The actor inputs and actions to take the Fisher on.
+
+        The rollout's own (``inputs``, ``actions``) for a feed-forward policy, or when ``fisher_sequence_length``
+        is None or covers n_steps. Otherwise each environment's rollout cut into windows of
+        ``fisher_sequence_length`` steps, each run from the state stored at its first step: at θ_old these
+        are the very states the whole sequence reaches there, so the outputs are the rollout's, and only
+        the Jacobians ∂zᵢ/∂θ stop at the window's start (truncated backpropagation through time). The last
+        n_steps mod ``fisher_sequence_length`` steps of each environment are left out.
+        """
+        length = self.fisher_sequence_length
+        if not self._recurrent or length is None or length >= self.n_steps:  # type: ignore[attr-defined]
+            return inputs, actions
+        windows = next(self.rollout_buffer.get_sequences(length, None, drop_remainder=True))  # type: ignore[attr-defined]
+        return self._actor.inputs_from(windows), family_actions(windows.actions, self.action_space)  # type: ignore[attr-defined]
+
     def _critic_batches(self) -> Iterator[tuple[Any, Tensor]]:
         """One epoch of the critic's minibatches, each with its predicted values (flat)."""
         if self._recurrent:
-            for batch in self.rollout_buffer.get_sequences(self.sequence_length, self.batch_size):
+            length = None if self.sequence_length is None else min(self.sequence_length, self.n_steps)  # type: ignore[attr-defined]
+            for batch in self.rollout_buffer.get_sequences(length, self.batch_size):
                 yield batch, self.policy.predict_values(batch.observations, batch.states.vf, batch.episode_starts).flatten()
         else:
             for batch in self.rollout_buffer.get(self.batch_size):
