@@ -17,6 +17,7 @@ policy-gradient steps.
 
     python bench/bench_meta.py                       # k = 1 5 20; writes bench/results/meta_memory.json
     python bench/bench_meta.py --table bench/results/meta   # the README's adaptation table from the grid above
+    python bench/bench_meta.py --adaptation-cost     # seconds of a 5-task ERNN adaptation, whole vs windowed Fisher
 """
 
 from __future__ import annotations
@@ -113,6 +114,43 @@ def adaptation_table(folder: pathlib.Path) -> str:
     return "\n".join(lines)
 
 
+def adaptation_cost(n_tasks: int, n_steps: int, lengths: list[int | None]) -> dict[str, Any]:
+    """Wall seconds of adapting an ERNN policy to ``n_tasks`` Navigation2D tasks by one NPG update and evaluating it
+    (``evaluate_adaptation``), and the seconds spent in Fisher-vector products, for each inner
+    ``fisher_sequence_length`` (None: the Fisher through whole rollouts); lengths interleaved, one thread."""
+    import time
+
+    from agents import Reptile
+    from ngrl.fisher.operator import CurvatureOperator
+
+    rows = []
+    for length in lengths:
+        model = Reptile("MlpErnnPolicy", "ngrl/Navigation2D-v0", meta_batch_size=n_tasks, n_steps=n_steps, seed=0,
+                        inner_kwargs=dict(fisher_sequence_length=length))
+        tasks = model.sample_tasks(n_tasks)
+        in_products = [0.0]
+        original = CurvatureOperator.mv
+
+        def timed_mv(self, v, _original=original):
+            start = time.perf_counter()
+            result = _original(self, v)
+            in_products[0] += time.perf_counter() - start
+            return result
+
+        CurvatureOperator.mv = timed_mv
+        try:
+            start = time.perf_counter()
+            returns = model.evaluate_adaptation(tasks, n_updates=[1], seed=1)
+            seconds = time.perf_counter() - start
+        finally:
+            CurvatureOperator.mv = original
+        rows.append({"fisher_sequence_length": length, "seconds": seconds, "fisher_product_seconds": in_products[0],
+                     "mean_return_after_1": float(returns[1].mean())})
+        print(f"fisher_sequence_length={length}: {seconds:.1f} s, of which Fisher products {in_products[0]:.1f} s; "
+              f"return after one update {rows[-1]['mean_return_after_1']:.2f}", flush=True)
+    return {"n_tasks": n_tasks, "n_steps": n_steps, "rows": rows}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--memory-steps", type=int, nargs="+", default=[1, 5, 20], help="inner steps k (default 1 5 20)")
@@ -120,7 +158,15 @@ def main() -> None:
     parser.add_argument("--tag", default="", help="suffix of the result file")
     parser.add_argument("--table", metavar="FOLDER", help="print the README's adaptation table from a grid's --out folder "
                                                           "(its adaptation.csv) instead of measuring memory")
+    parser.add_argument("--adaptation-cost", action="store_true", help="time a 5-task ERNN adaptation, whole vs windowed "
+                                                                      "Fisher, instead of measuring memory")
     args = parser.parse_args()
+    if args.adaptation_cost:
+        torch.set_num_threads(1)
+        cost = adaptation_cost(5, 500, [None, 64])
+        RESULTS.mkdir(parents=True, exist_ok=True)
+        (RESULTS / f"meta_adaptation_cost{args.tag}.json").write_text(json.dumps({"command": " ".join(sys.argv), **cost}, indent=1))
+        return
     if args.table:
         print(adaptation_table(pathlib.Path(args.table)))
         return
