@@ -1343,6 +1343,17 @@ def _run_on_ray(tasks: list[dict[str, Any]], args: argparse.Namespace) -> int:
     pending = {remote.remote(task): task for task in tasks}
     done = failed = 0
     began = time.perf_counter()
+    received = signal.SIGINT
+
+    def terminate(signum: int, _frame: Any) -> None:  # SIGTERM (`kill`, a scheduler) stops the grid as Ctrl-C does
+        nonlocal received
+        received = signum
+        raise KeyboardInterrupt
+
+    try:
+        previous_term = signal.signal(signal.SIGTERM, terminate)
+    except ValueError:  # not the main thread (e.g. called from a notebook's worker thread): SIGTERM keeps its handler
+        previous_term = None
     try:
         while pending:
             ready, _ = ray.wait(list(pending), num_returns=1, timeout=30.0)
@@ -1364,10 +1375,12 @@ def _run_on_ray(tasks: list[dict[str, Any]], args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         for ref in pending:
             ray.cancel(ref, force=True)
-        print(f"Interrupted: {done} runs finished and are kept; rerun the same command to run the other {len(pending)}.",
-              file=sys.stderr)
-        return 130
+        print(f"Interrupted ({signal.Signals(received).name}): {done} runs finished and are kept; rerun the same command to "
+              f"run the other {len(pending)}.", file=sys.stderr)
+        return EXIT_SIGNAL[received]
     finally:
+        if previous_term is not None:
+            signal.signal(signal.SIGTERM, previous_term)
         if started_here:
             ray.shutdown()
     return 0

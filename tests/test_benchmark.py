@@ -5,6 +5,7 @@ import json
 import os
 import pathlib
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -277,8 +278,10 @@ def test_meta_learners_run_in_the_grid(tmp_path):
     assert "| ngrl/TargetBandit-v0 | untrained | 0 |" in (out / "summary.md").read_text()
 
 
-def test_ctrl_c_keeps_the_finished_runs(tmp_path):
-    import signal
+@pytest.mark.parametrize("signum, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)], ids=["ctrl-c", "sigterm"])
+def test_an_interrupt_keeps_the_finished_runs(tmp_path, signum, code):
+    """Ctrl-C, or SIGTERM (`kill`, a batch scheduler; a background driver started with `&` ignores SIGINT), stops the
+    grid with its tables written; a rerun runs only what is missing."""
     import time
 
     out = tmp_path / "bench"
@@ -290,9 +293,9 @@ def test_ctrl_c_keeps_the_finished_runs(tmp_path):
     while len(list(out.glob("*/*/result.json"))) < 1:
         assert process.poll() is None and time.time() < deadline, process.communicate()
         time.sleep(0.2)
-    process.send_signal(signal.SIGINT)
+    process.send_signal(signum)
     stdout, stderr = process.communicate(timeout=120)
-    assert process.returncode == 130, stderr[-2000:]
+    assert process.returncode == code, stderr[-2000:]
     assert "rerun the same command" in stderr
     assert [r["status"] for r in read_csv(out / "runs.csv")] == ["ok"]  # the finished run is kept, the other is not recorded
     rerun = subprocess.run(command, cwd=tmp_path, env=environment, capture_output=True, text=True, timeout=300)
