@@ -692,7 +692,8 @@ def build_model(spec: RunSpec, *, device: str = "auto", verbose: int = 0, tensor
 class PeriodicEvaluation:
     """Evaluate every ``every`` steps on a separate env (seed + 10,000; deterministic actions), as rl-zoo3's
     ``--eval-freq``: one row per evaluation (steps, mean, std, training seconds so far, evaluations excluded).
-    A meta-learner is scored by its mean return after one inner update on ``n_episodes`` held-out tasks."""
+    A meta-learner is scored by its mean return after one inner update on ``n_episodes`` held-out tasks.
+    An evaluation at the step count of the previous one (an update ran in between without env steps) replaces it."""
 
     def __init__(self, spec: RunSpec, every: int, n_episodes: int, quiet: bool = False):
         self.spec, self.every, self.n_episodes, self.quiet = spec, every, n_episodes, quiet
@@ -700,6 +701,18 @@ class PeriodicEvaluation:
         self._env: Any = None
         self._evaluating = 0.0
         self._start = 0.0
+        self._evaluated_state: list[Any] | None = None  # the policy's tensors at the last evaluation
+
+    def is_current(self, model: Any) -> bool:
+        """Whether the last evaluation scored the model as it is now: same step count and the same policy tensors
+        (an evaluation taken at the last env step is stale when an update followed it, as when a budget is a
+        multiple of both the rollout size and ``every``)."""
+        import torch
+
+        if not self.rows or self.rows[-1]["timesteps"] != model.num_timesteps or self._evaluated_state is None:
+            return False
+        now = list(model.policy.state_dict().values())
+        return len(now) == len(self._evaluated_state) and all(torch.equal(a, b) for a, b in zip(now, self._evaluated_state))
 
     def evaluate_now(self, model: Any) -> None:
         import time
@@ -722,7 +735,11 @@ class PeriodicEvaluation:
         self._evaluating += time.perf_counter() - began
         row = {"timesteps": int(model.num_timesteps), "mean": float(mean), "std": float(std),
                "train_seconds": round(time.perf_counter() - self._start - self._evaluating, 3)}
-        self.rows.append(row)
+        if self.rows and self.rows[-1]["timesteps"] == row["timesteps"]:
+            self.rows[-1] = row  # the same step count, a later policy: the earlier score is superseded
+        else:
+            self.rows.append(row)
+        self._evaluated_state = [t.detach().clone() for t in model.policy.state_dict().values()]
         if not self.quiet:
             print(f"Eval at {row['timesteps']} steps: {row['mean']:.2f} ± {row['std']:.2f} ({row['train_seconds']:.0f} s of training)",
                   flush=True)
@@ -1112,7 +1129,7 @@ def benchmark_run(task: dict[str, Any]) -> dict[str, Any]:
     returns: list[float] = []
     began = time.perf_counter()
     model.learn(spec.n_timesteps, callback=[evaluation.callback(), training_returns_callback(returns)])
-    if not evaluation.rows or evaluation.rows[-1]["timesteps"] != model.num_timesteps:
+    if not evaluation.is_current(model):
         evaluation.evaluate_now(model)  # the final policy is always evaluated
     wall = time.perf_counter() - began
     model.save(run_dir / "model.zip")

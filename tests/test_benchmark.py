@@ -324,3 +324,26 @@ def test_runs_are_not_niced_below_other_processes(monkeypatch):
         assert ray.get(ray.remote(num_cpus=1)(lambda: os.nice(0)).remote()) == os.nice(0)
     finally:
         ray.shutdown()
+
+
+def test_the_final_evaluation_scores_the_saved_policy(tmp_path, monkeypatch):
+    """2048 steps = two rollouts of 2 envs × 512 (configs/npg.yml), evaluated every 1024: the evaluation at 2048 fires on
+    the last env step, before the update that ends training. The run's last evaluation must score the policy it saved,
+    its row in place of the stale one (one row per step count)."""
+    scored = []
+    evaluate_now = train.PeriodicEvaluation.evaluate_now
+
+    def recording(self, model):
+        scored.append({k: v.detach().clone() for k, v in model.policy.state_dict().items()})
+        evaluate_now(self, model)
+
+    monkeypatch.setattr(train.PeriodicEvaluation, "evaluate_now", recording)
+    run_dir = tmp_path / "npg" / "CartPole-v1_0"
+    task = {"algo": "npg", "env": "CartPole-v1", "seed": 0, "overrides": {}, "n_timesteps": 2048, "eval_freq": 1024,
+            "n_eval_episodes": 3, "run_dir": str(run_dir)}
+    result = train.benchmark_run(task)
+    assert [row["timesteps"] for row in result["evaluations"]] == [1024, 2048]
+    assert len(scored) == 3  # at 1024, at 2048 before the last update, and the final policy
+    saved = NPG.load(run_dir / "model.zip", device="cpu").policy.state_dict()
+    assert all(torch.equal(saved[k], v) for k, v in scored[-1].items())
+    assert not all(torch.equal(saved[k], v) for k, v in scored[-2].items())  # the stale one scored another policy
