@@ -952,3 +952,18 @@ def test_joint_training_learns_the_bandit_saves_and_refuses_what_does_not_apply(
         JointTraining("MlpPolicy", BANDIT, learning_rate=0.1)
     with pytest.raises(ValueError, match="feed-forward policy"):
         JointTraining("MlpErnnPolicy", BANDIT, policy_kwargs=dict(cell="ernn", hidden_size=8, net_arch=[8]))
+
+
+def test_the_inner_npg_defaults_to_a_wider_trust_region_saved_with_the_learner(tmp_path):
+    """δ = 0.1 for the inner NPG unless given; VPG gets nothing; the value is in inner_kwargs, so it is saved, and a
+    checkpoint whose inner_kwargs lack it (saved before the default) keeps NPG's own δ when loaded."""
+    model = Reptile("MlpPolicy", "ngrl/TargetBandit-v0", meta_batch_size=2, n_steps=8, seed=0)
+    assert model.inner_kwargs == {"target_kl": 0.1} and model._make_learner().target_kl == 0.1
+    given = Reptile("MlpPolicy", "ngrl/TargetBandit-v0", meta_batch_size=2, n_steps=8, inner_kwargs=dict(target_kl=0.02))
+    assert given._make_learner().target_kl == 0.02
+    assert Reptile("MlpPolicy", "ngrl/TargetBandit-v0", meta_batch_size=2, n_steps=8, inner_algo="vpg").inner_kwargs == {}
+    model.save(tmp_path / "new.zip")
+    assert Reptile.load(tmp_path / "new.zip")._make_learner().target_kl == 0.1
+    model.inner_kwargs = {}  # as a learner saved before the default existed
+    model.save(tmp_path / "old.zip")
+    assert Reptile.load(tmp_path / "old.zip")._make_learner().target_kl == NPG("MlpPolicy", "CartPole-v1").target_kl == 0.01
