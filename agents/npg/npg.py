@@ -92,7 +92,7 @@ class NPG(CheckpointMixin, PolicyGradientMixin, RecurrentOnPolicyMixin, OnPolicy
     :param n_critic_updates: epochs of critic minibatch updates per rollout
     :param normalize_advantage: standardise advantages per rollout
     :param sub_sampling_factor: estimate the Fisher on every k-th state only (cheaper products);
-        with a recurrent policy on every k-th environment's sequence
+        with a recurrent policy on every k-th window of ``fisher_sequence_length`` steps (whole sequences when None)
     :param sequence_length: recurrent policies only: steps per window in the critic's minibatches, each window
         run from the critic state stored at its first step (truncated backpropagation through time; at most
         n_steps, a shorter last window where it does not divide n_steps; None: the whole n_steps)
