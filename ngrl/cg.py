@@ -71,7 +71,8 @@ def conjugate_gradient(
     zₖ₊₁ = M⁻¹rₖ₊₁, βₖ = rₖ₊₁ᵀzₖ₊₁ / rₖᵀzₖ, pₖ₊₁ = zₖ₊₁ + βₖpₖ. Stops at ‖r‖ ≤ tol·‖b‖ or after
     ``max_iter`` products. Damping is not the solver's business: pass a damped operator (every
     :class:`ngrl.fisher.CurvatureOperator` takes ``damping=`` and applies C + λI). If a direction
-    has pᵀAp ≤ 0 the operator is not positive definite:
+    has pᵀAp ≤ 0, beyond rounding (below, a quotient within 10·ε of zero counts as zero curvature whatever its
+    sign), the operator is not positive definite:
     the solver stops *before* using that direction and reports ``status="not_positive_definite"``
     (call :meth:`CGResult.raise_if_not_positive_definite` to turn it into an exception).
 
@@ -156,7 +157,10 @@ def conjugate_gradient(
         p_ap = dot(p, ap)
         quotient = p_ap / dot(p, p)  # the Rayleigh quotient of this direction
         first_quotient = quotient if first_quotient is None else first_quotient
-        not_positive = ~(p_ap > 0.0) | ~torch.isfinite(ap).all()
+        # curvature below rounding relative to the first direction's is zero whatever its sign: pᵀAp of a positive
+        # semi-definite A along its null space comes out as ±ε·‖A‖, and a tiny negative value is no indefiniteness
+        negligible = quotient.abs() < singular_below * first_quotient
+        not_positive = ~torch.isfinite(ap).all() | ~torch.isfinite(p_ap) | (~(p_ap > 0.0) & ~negligible)
         singular = ~not_positive & (quotient < singular_below * first_quotient)
         step = active & ~not_positive & ~singular
         alpha = rz / p_ap

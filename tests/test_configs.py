@@ -101,7 +101,14 @@ def test_variant_builds_its_model_with_its_values(name, env_id):
         stored = getattr(model, key, None)
         if isinstance(value, (bool, int, float)) and isinstance(stored, (bool, int, float)):
             assert stored == value, key
-    assert isinstance(model.get_env(), VecNormalize) == bool(variant.overrides(env_id).get("normalize"))
+    # normalize: the variant's own value, else its base configuration's (e.g. a MuJoCo block of configs/npg.yml)
+    overrides = variant.overrides(env_id)
+    if "normalize" in overrides:
+        expected = overrides["normalize"]
+    else:
+        expected = train.resolve_run(variant.algo, env_id, seed=0, overrides={}, base_config=variant.base_config,
+                                     n_timesteps=variant.n_timesteps).normalize
+    assert isinstance(model.get_env(), VecNormalize) == bool(expected)
     model.get_env().close()
 
 
