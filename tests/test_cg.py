@@ -236,3 +236,15 @@ def test_check_every_is_validated():
         conjugate_gradient(lambda v: v, torch.ones(2), check_every=0)
     with pytest.raises(ValueError, match="check_every"):
         CGConfig(check_every=True)
+
+
+def test_curvature_within_rounding_of_zero_is_singular_whatever_its_sign():
+    """diag(3, 0.5, −1e-17, −1e-17): the last two eigenvalues are zero up to rounding (|λ| ≪ 10·ε·λ₁) though
+    negative, so b with a component there has no solution and CG must say 'singular'; at −1e-6 the operator is
+    indefinite beyond rounding and CG must say so. Deterministic on every CPU, unlike float32 rounding."""
+    b = torch.ones(4, dtype=torch.float64)
+    near_zero = torch.tensor([3.0, 0.5, -1e-17, -1e-17], dtype=torch.float64)
+    result = conjugate_gradient(lambda v: near_zero * v, b, max_iter=20, tol=1e-10)
+    assert result.status == "singular" and not result.converged
+    indefinite = torch.tensor([3.0, 0.5, -1e-6, -1e-6], dtype=torch.float64)
+    assert conjugate_gradient(lambda v: indefinite * v, b, max_iter=20, tol=1e-10).status == "not_positive_definite"

@@ -6,9 +6,9 @@ from collections.abc import Sequence
 from typing import Any
 
 import torch
-from gymnasium import spaces
 from torch import Tensor
 
+from agents.common import family_actions
 from agents.policy_gradient import standardize_advantages, surrogate_objective
 from ngrl.sb3_adapter import actor_view
 
@@ -32,7 +32,7 @@ def maml_meta_gradient(policy: Any, inner_batches: Sequence[Any], test_batch: An
     theta = actor.params
 
     def loss(values: Sequence[Tensor], batch: Any) -> Tensor:
-        actions = batch.actions.long().flatten() if isinstance(policy.action_space, spaces.Discrete) else batch.actions
+        actions = family_actions(batch.actions, policy.action_space)
         advantages = standardize_advantages(batch.advantages)
         outputs = actor.function(values, actor.inputs_from(batch))  # the actor at φ = values
         return -surrogate_objective(actor.family, outputs, actions, batch.old_log_prob, advantages)
