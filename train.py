@@ -1015,7 +1015,7 @@ THRESHOLDS = {"CartPole-v1": 475.0, "Acrobot-v1": -100.0, "Pendulum-v1": -200.0,
 RUN_FIELDS = ["algo", "env", "seed", "status", "error", "timesteps", "threshold", "steps_to_threshold", "final_eval",
               "best_eval", "evals_at_threshold", "n_evals", "training_episodes", "best_100_episode_average", "train_seconds",
               "seconds_per_100k"]
-VARIANT_KEYS = {"algo", "description", "base_config", "hyperparams", "envs", "n_timesteps"}
+VARIANT_KEYS = {"algo", "description", "base_config", "hyperparams", "envs", "n_timesteps", "adaptation_updates"}
 ADAPTATION_FIELDS = ["algo", "env", "seed", "updates", "mean", "std", "n_tasks"]
 
 
@@ -1030,6 +1030,7 @@ class GridAlgorithm:
     hyperparams: dict[str, Any] | None = None
     envs: dict[str, dict[str, Any]] | None = None
     n_timesteps: int | None = None  # the row's own budget over --n-timesteps (0: built and evaluated, never trained)
+    adaptation_updates: tuple[int, ...] | None = None  # a meta-learner row's own K over --adaptation-updates
 
     def overrides(self, env: str) -> dict[str, Any]:
         return {**(self.hyperparams or {}), **((self.envs or {}).get(env) or {})}
@@ -1054,8 +1055,13 @@ def read_variants(path: pathlib.Path) -> dict[str, GridAlgorithm]:
         budget = block.get("n_timesteps")
         if budget is not None and (isinstance(budget, bool) or not isinstance(budget, (int, float)) or budget < 0 or budget != int(budget)):
             raise UsageError(f"{where}: n_timesteps must be a whole number of steps >= 0 (0: never trained), got {budget!r}")
+        updates = block.get("adaptation_updates")
+        if updates is not None and (not isinstance(updates, list) or not updates
+                                    or not all(isinstance(k, int) and not isinstance(k, bool) and k >= 0 for k in updates)):
+            raise UsageError(f"{where}: adaptation_updates must be a list of numbers of inner updates >= 0, got {updates!r}")
         variants[str(name)] = GridAlgorithm(str(name), str(block["algo"]), block.get("base_config", True), hyperparams, envs,
-                                            None if budget is None else int(budget))
+                                            None if budget is None else int(budget),
+                                            None if updates is None else tuple(sorted(set(updates))))
     return variants
 
 
@@ -1308,7 +1314,7 @@ def cmd_benchmark(args: argparse.Namespace) -> int:
                 tasks.append({"algo": entry.name, "run_algo": entry.algo, "base_config": entry.base_config, "env": env, "seed": seed,
                               "overrides": run_overrides, "env_kwargs": env_kwargs, "n_timesteps": budget,
                               "eval_freq": args.eval_freq, "n_eval_episodes": args.n_eval_episodes, "run_dir": str(run_dir),
-                              "adaptation_updates": args.adaptation_updates,
+                              "adaptation_updates": list(entry.adaptation_updates or args.adaptation_updates),
                               "command": [sys.executable, *sys.argv]})
     total = len(args.algos) * len(args.envs) * len(args.seeds)
     print(f"{total - len(tasks)} of {total} runs already finished under {out}; {len(tasks)} to run.", flush=True)

@@ -131,6 +131,9 @@ def test_a_variant_runs_with_its_hyperparameters_and_runs_csv_names_it(tmp_path)
     ("v:\n  algo: nppg\n", "not one of"),
     ("npg:\n  algo: ppo\n", "the name of an algorithm"),
     ("v:\n  algo: npg\n  n_timesteps: -5\n", "n_timesteps must be a whole number"),
+    ("v:\n  algo: reptile\n  adaptation_updates: 3\n", "adaptation_updates must be a list"),
+    ("v:\n  algo: reptile\n  adaptation_updates: [0, -1]\n", "adaptation_updates must be a list"),
+    ("v:\n  algo: reptile\n  adaptation_updates: []\n", "adaptation_updates must be a list"),
 ])
 def test_bad_variants_are_refused(tmp_path, text, message):
     (tmp_path / "variants.yml").write_text(text)
@@ -243,10 +246,11 @@ def test_tune_scores_each_trial_on_several_seeds_and_writes_a_config_block(tmp_p
 
 def test_meta_learners_run_in_the_grid(tmp_path):
     """A meta-learner in the grid is scored by its mean return after one inner update on held-out tasks, and at the end
-    by its returns after 0, 1, 3 updates; a row with its own budget of 0 steps (an untrained baseline) is never trained."""
+    by its returns after 0, 1, 3 updates; a row with its own budget of 0 steps (an untrained baseline) is never trained,
+    and a row's own adaptation_updates replace --adaptation-updates for it (the per-task expert's long adaptation)."""
     from agents import Reptile
 
-    (tmp_path / "variants.yml").write_text("untrained:\n  algo: reptile\n  n_timesteps: 0\n"
+    (tmp_path / "variants.yml").write_text("untrained:\n  algo: reptile\n  n_timesteps: 0\n  adaptation_updates: [5, 1, 0, 5]\n"
                                            "rl2-small:\n  algo: rl2\n  hyperparams: {n_envs: 8, batch_size: 64, cg_max_steps: 5, "
                                            "n_critic_updates: 2}\n")
     out = tmp_path / "bench"
@@ -262,9 +266,9 @@ def test_meta_learners_run_in_the_grid(tmp_path):
     assert runs["rl2-small"]["status"] == "ok" and int(runs["rl2-small"]["n_evals"]) == 2  # RL²: episodes of a trial
     block = (out / "reptile" / "ngrl-TargetBandit-v0_0" / "config.yml").read_text()
     assert "meta_batch_size: 4" in block and "n_envs" not in block
-    for algo in ("reptile", "untrained", "rl2-small"):
+    for algo, updates in (("reptile", ["0", "1", "3"]), ("untrained", ["0", "1", "5"]), ("rl2-small", ["0", "1", "3"])):
         result = json.loads((out / algo / "ngrl-TargetBandit-v0_0" / "result.json").read_text())
-        assert sorted(result["adaptation"]["returns"]) == ["0", "1", "3"]
+        assert sorted(result["adaptation"]["returns"]) == updates
         assert all(len(v) == 3 for v in result["adaptation"]["returns"].values()) and len(result["adaptation"]["tasks"]) == 3
     # the untrained row: the parameters of a fresh learner of the same seed, and its evaluation at step 0 is the final
     # adaptation's return after one update (same tasks, same seed)
@@ -274,8 +278,14 @@ def test_meta_learners_run_in_the_grid(tmp_path):
     result = json.loads((out / "untrained" / "ngrl-TargetBandit-v0_0" / "result.json").read_text())
     assert result["evaluations"][-1]["mean"] == pytest.approx(sum(result["adaptation"]["returns"]["1"]) / 3)
     rows = read_csv(out / "adaptation.csv")
-    assert {(r["algo"], r["updates"]) for r in rows} == {(a, k) for a in ("reptile", "untrained", "rl2-small") for k in ("0", "1", "3")}
-    assert "| ngrl/TargetBandit-v0 | untrained | 0 |" in (out / "summary.md").read_text()
+    assert {(r["algo"], r["updates"]) for r in rows} == {(a, k) for a in ("reptile", "rl2-small") for k in ("0", "1", "3")} | {
+        ("untrained", k) for k in ("0", "1", "5")}
+    summary = (out / "summary.md").read_text()
+    assert "| ngrl/TargetBandit-v0 | untrained | 5 |" in summary and "| 0 updates | 1 update | 3 updates | 5 updates |" in summary
+    # five updates of the untrained row: what adapting a fresh learner of the same seed five times gives, on the same tasks
+    tasks = result["adaptation"]["tasks"]
+    again = fresh.evaluate_adaptation(tasks, n_updates=[0, 1, 5], seed=10_000)
+    assert result["adaptation"]["returns"]["5"] == pytest.approx(list(again[5]))
 
 
 @pytest.mark.parametrize("signum, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)], ids=["ctrl-c", "sigterm"])
