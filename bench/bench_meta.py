@@ -17,7 +17,8 @@ policy-gradient steps.
 
     python bench/bench_meta.py                       # k = 1 5 20; writes bench/results/meta_memory.json
     python bench/bench_meta.py --table bench/results/meta   # the README's adaptation table from the grid above
-    python bench/bench_meta.py --adaptation-cost     # seconds of a 5-task ERNN adaptation, whole vs windowed Fisher
+    python bench/bench_meta.py --adaptation-cost     # seconds of a 5-task ERNN adaptation: whole vs windowed Fisher,
+                                                     # the tasks' directions solved together vs task by task
 """
 
 from __future__ import annotations
@@ -114,40 +115,47 @@ def adaptation_table(folder: pathlib.Path) -> str:
     return "\n".join(lines)
 
 
-def adaptation_cost(n_tasks: int, n_steps: int, lengths: list[int | None]) -> dict[str, Any]:
+def adaptation_cost(n_tasks: int, n_steps: int, lengths: list[int | None], repeats: int = 1) -> dict[str, Any]:
     """Wall seconds of adapting an ERNN policy to ``n_tasks`` Navigation2D tasks by one NPG update and evaluating it
     (``evaluate_adaptation``), and the seconds spent in Fisher-vector products, for each inner
-    ``fisher_sequence_length`` (None: the Fisher through whole rollouts); lengths interleaved, one thread."""
+    ``fisher_sequence_length`` (None: the Fisher through whole rollouts), with the tasks' natural directions solved
+    together (one Fisher product per CG iteration for all tasks: ``NPG.solve_jointly``) and task by task; settings
+    interleaved, ``repeats`` times, one thread."""
     import time
 
     from agents import Reptile
+    from envs.task_family import held_out_tasks
     from ngrl.fisher.operator import CurvatureOperator
 
     rows = []
-    for length in lengths:
-        model = Reptile("MlpErnnPolicy", "ngrl/Navigation2D-v0", meta_batch_size=n_tasks, n_steps=n_steps, seed=0,
-                        inner_kwargs=dict(fisher_sequence_length=length))
-        tasks = model.sample_tasks(n_tasks)
-        in_products = [0.0]
-        original = CurvatureOperator.mv
+    for repeat in range(repeats):
+        for length in lengths:
+            for joint in (True, False):
+                model = Reptile("MlpErnnPolicy", "ngrl/Navigation2D-v0", meta_batch_size=n_tasks, n_steps=n_steps, seed=0,
+                                inner_kwargs=dict(fisher_sequence_length=length))
+                model.joint_inner_solves = joint
+                tasks = held_out_tasks("ngrl/Navigation2D-v0", n_tasks, seed=1000)  # the same tasks in every row
+                in_products = [0.0]
+                original = CurvatureOperator.mv
 
-        def timed_mv(self, v, _original=original):
-            start = time.perf_counter()
-            result = _original(self, v)
-            in_products[0] += time.perf_counter() - start
-            return result
+                def timed_mv(self, v, _original=original):
+                    start = time.perf_counter()
+                    result = _original(self, v)
+                    in_products[0] += time.perf_counter() - start
+                    return result
 
-        CurvatureOperator.mv = timed_mv
-        try:
-            start = time.perf_counter()
-            returns = model.evaluate_adaptation(tasks, n_updates=[1], seed=1)
-            seconds = time.perf_counter() - start
-        finally:
-            CurvatureOperator.mv = original
-        rows.append({"fisher_sequence_length": length, "seconds": seconds, "fisher_product_seconds": in_products[0],
-                     "mean_return_after_1": float(returns[1].mean())})
-        print(f"fisher_sequence_length={length}: {seconds:.1f} s, of which Fisher products {in_products[0]:.1f} s; "
-              f"return after one update {rows[-1]['mean_return_after_1']:.2f}", flush=True)
+                CurvatureOperator.mv = timed_mv
+                try:
+                    start = time.perf_counter()
+                    returns = model.evaluate_adaptation(tasks, n_updates=[1], seed=1)
+                    seconds = time.perf_counter() - start
+                finally:
+                    CurvatureOperator.mv = original
+                rows.append({"fisher_sequence_length": length, "joint_solves": joint, "repeat": repeat, "seconds": seconds,
+                             "fisher_product_seconds": in_products[0], "mean_return_after_1": float(returns[1].mean())})
+                print(f"fisher_sequence_length={length}, {'joint' if joint else 'task by task'}: {seconds:.1f} s, of which "
+                      f"Fisher products {in_products[0]:.1f} s; return after one update {rows[-1]['mean_return_after_1']:.2f}",
+                      flush=True)
     return {"n_tasks": n_tasks, "n_steps": n_steps, "rows": rows}
 
 
@@ -159,11 +167,15 @@ def main() -> None:
     parser.add_argument("--table", metavar="FOLDER", help="print the README's adaptation table from a grid's --out folder "
                                                           "(its adaptation.csv) instead of measuring memory")
     parser.add_argument("--adaptation-cost", action="store_true", help="time a 5-task ERNN adaptation, whole vs windowed "
-                                                                      "Fisher, instead of measuring memory")
+                                                                      "Fisher, joint vs per-task solves, instead of measuring memory")
+    parser.add_argument("--fisher-lengths", nargs="+", default=["whole", "64"], metavar="L",
+                        help="--adaptation-cost: the inner fisher_sequence_length values (whole: None; default whole 64)")
+    parser.add_argument("--repeats", type=int, default=1, help="--adaptation-cost: rounds of the interleaved settings")
     args = parser.parse_args()
     if args.adaptation_cost:
         torch.set_num_threads(1)
-        cost = adaptation_cost(5, 500, [None, 64])
+        lengths = [None if length == "whole" else int(length) for length in args.fisher_lengths]
+        cost = adaptation_cost(5, 500, lengths, args.repeats)
         RESULTS.mkdir(parents=True, exist_ok=True)
         (RESULTS / f"meta_adaptation_cost{args.tag}.json").write_text(json.dumps({"command": " ".join(sys.argv), **cost}, indent=1))
         return

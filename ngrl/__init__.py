@@ -5,7 +5,7 @@ SB3's policy internals (the actor view every agent uses).
 """
 
 from ngrl import fisher
-from ngrl.cg import CGConfig, CGResult, NotPositiveDefiniteError, conjugate_gradient
+from ngrl.cg import CGConfig, CGResult, NotPositiveDefiniteError, batched_conjugate_gradient, conjugate_gradient
 from ngrl.compatible import compatible_features, fit_compatible_advantage
 from ngrl.device import get_device
 from ngrl.ernn import ERNN, ERNNCell
@@ -22,6 +22,7 @@ __version__ = "0.2.0"
 __all__ = [
     "ActorView",
     "CGConfig",
+    "batched_conjugate_gradient",
     "CGResult",
     "ERNN",
     "ERNNCell",

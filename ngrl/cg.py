@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-__all__ = ["CGConfig", "CGResult", "NotPositiveDefiniteError", "conjugate_gradient"]
+__all__ = ["CGConfig", "CGResult", "NotPositiveDefiniteError", "batched_conjugate_gradient", "conjugate_gradient"]
 
 
 class NotPositiveDefiniteError(RuntimeError):
@@ -90,6 +90,8 @@ def conjugate_gradient(
     host-device synchronisation happens until the loop ends — for GPUs, where a read stalls the device). The result
     (x, iterations, status) is the same for every ``check_every``.
 
+    This is :func:`batched_conjugate_gradient` with one system.
+
     :param matvec: v ↦ A v for a symmetric A (a function or an operator's ``mv``), on b's device and dtype
     :param b: right-hand side, a flat vector
     :param max_iter: the most matrix-vector products to spend
@@ -106,6 +108,72 @@ def conjugate_gradient(
     """
     if b.ndim != 1:
         raise ValueError(f"b must be a flat vector, got shape {tuple(b.shape)}")
+    if metric is not None and preconditioner is not None:
+        raise ValueError("conjugate_gradient takes a metric or a preconditioner, not both")
+    precondition = _as_preconditioner(preconditioner)
+    (result,) = _solve_systems(
+        lambda v: matvec(v[0]).unsqueeze(0),
+        b.unsqueeze(0),
+        max_iter=max_iter,
+        tol=tol,
+        precondition=None if precondition is None else (lambda r: precondition(r[0]).unsqueeze(0)),
+        x0=None if x0 is None else x0.unsqueeze(0),
+        metric=metric,
+        check_every=check_every,
+    )
+    return result
+
+
+def batched_conjugate_gradient(
+    matvec: Callable[[Tensor], Tensor],
+    b: Tensor,
+    *,
+    max_iter: int = 10,
+    tol: float = 1e-10,
+    preconditioner: Callable[[Tensor], Tensor] | Tensor | None = None,
+    x0: Tensor | None = None,
+    check_every: int | None = 1,
+) -> list[CGResult]:
+    """Solve K independent systems Aᵢ xᵢ = bᵢ in lockstep: one call of ``matvec`` per iteration serves them all.
+
+    ``b`` holds the right-hand sides as rows, (K, n), and ``matvec`` maps a (K, n) matrix of rows vᵢ to the rows Aᵢvᵢ
+    (a block-diagonal operator, e.g. the Fisher of K tasks' parameter sets in one product:
+    :func:`ngrl.recurrent.batched_sequence_fisher`). Each system runs its own conjugate-gradient iteration, with its
+    own αₖ, βₖ, stopping tests and status, exactly as :func:`conjugate_gradient` would run it alone (which is this
+    function with K = 1); a system that stops keeps its iterates frozen while the others go on, and the loop ends when
+    every system has stopped or after ``max_iter`` products.
+
+    :param matvec: V ↦ the rows AᵢVᵢ, for symmetric Aᵢ, on b's device and dtype
+    :param b: the right-hand sides, (K, n)
+    :param max_iter: the most products to spend
+    :param tol: relative residual at which a system stops
+    :param preconditioner: R ↦ the rows Mᵢ⁻¹Rᵢ, or a strictly positive tensor holding the diagonals diag(Mᵢ) as
+        rows (K, n), or one diagonal (n,) shared by every system
+    :param x0: starting points (K, n) (zeros by default)
+    :param check_every: iterations between the host's reads of the stopping flags, or None (see
+        :func:`conjugate_gradient`)
+    :return: one :class:`CGResult` per system, in the order of the rows
+    """
+    if b.ndim != 2:
+        raise ValueError(f"b must hold the right-hand sides as rows, (K, n), got shape {tuple(b.shape)}")
+    if x0 is not None and x0.shape != b.shape:
+        raise ValueError(f"x0 must have b's shape {tuple(b.shape)}, got {tuple(x0.shape)}")
+    return _solve_systems(matvec, b, max_iter=max_iter, tol=tol, precondition=_as_preconditioner(preconditioner), x0=x0,
+                          metric=None, check_every=check_every)
+
+
+def _solve_systems(
+    apply: Callable[[Tensor], Tensor],
+    b: Tensor,
+    *,
+    max_iter: int,
+    tol: float,
+    precondition: Callable[[Tensor], Tensor] | None,
+    x0: Tensor | None,
+    metric: Tensor | None,
+    check_every: int | None,
+) -> list[CGResult]:
+    """The iteration of :func:`conjugate_gradient` on the rows of ``b`` (K systems), every scalar of it a K-vector."""
     if not torch.isfinite(b).all():
         raise ValueError("the right-hand side b contains NaN or inf: check the gradient (advantages, rewards, losses) upstream")
     if isinstance(max_iter, bool) or not isinstance(max_iter, int) or max_iter < 1:
@@ -115,21 +183,17 @@ def conjugate_gradient(
     if check_every is not None and (isinstance(check_every, bool) or not isinstance(check_every, int) or check_every < 1):
         raise ValueError(f"check_every must be an integer >= 1 or None, got {check_every!r}")
 
-    if metric is not None and preconditioner is not None:
-        raise ValueError("conjugate_gradient takes a metric or a preconditioner, not both")
-
-    def dot(u: Tensor, v: Tensor) -> Tensor:
-        return torch.dot(u, v) if metric is None else torch.dot(u, metric @ v)
+    def dot(u: Tensor, v: Tensor) -> Tensor:  # row by row: ⟨uᵢ, vᵢ⟩ (in the metric K: uᵢᵀKvᵢ)
+        return (u * v).sum(-1) if metric is None else (u * (v @ metric)).sum(-1)
 
     def norm(u: Tensor) -> Tensor:
-        return torch.linalg.vector_norm(u) if metric is None else dot(u, u).clamp_min(0.0).sqrt()
+        return torch.linalg.vector_norm(u, dim=-1) if metric is None else dot(u, u).clamp_min(0.0).sqrt()
 
-    apply = matvec
-    precondition = _as_preconditioner(preconditioner)
-    b_norm = float(norm(b))
-    if b_norm == 0.0:
-        return CGResult(torch.zeros_like(b), 0, 0.0, True, "converged", "b is zero: x = 0")
+    def column(flags: Tensor) -> Tensor:  # a K-vector as a column, to select rows with torch.where
+        return flags.unsqueeze(-1)
 
+    n_systems = b.shape[0]
+    b_norm = norm(b)
     if x0 is None:
         x = torch.zeros_like(b)
         r = b.clone()
@@ -140,19 +204,23 @@ def conjugate_gradient(
     p = z.clone()
     rz = dot(r, z)
     residual = norm(r) / b_norm
-    if float(residual) <= tol:
-        return CGResult(x, 0, float(residual), True, "converged", "x0 already solves the system")
+    zero_b = b_norm == 0.0
+    solved_at_start = ~zero_b & (residual <= tol)
+    x = torch.where(column(zero_b), torch.zeros_like(x), x)
+    residual = torch.where(zero_b, torch.zeros_like(residual), residual)
+    active = ~zero_b & ~solved_at_start  # no stop condition has held yet
 
     singular_below = 10.0 * torch.finfo(b.dtype).eps
     # the true residual of a solvable system can stall at rounding level (√ε: 3e-4 in float32, 1.5e-8 in float64)
     # while the recursive one keeps falling; only a true residual above that means the system has no solution
     rounding_floor = torch.finfo(b.dtype).eps ** 0.5
-    active = torch.ones((), dtype=torch.bool, device=b.device)  # no stop condition has held yet
     first_quotient: Tensor | None = None
-    # per iteration, on the device: a step was taken, the stops before it (curvature, singular), pᵀAp, the quotient's
-    # ratio to the first, the residual reached tol — read by the host in one go after the loop
+    # per iteration and system, on the device: a step was taken, the stops before it (curvature, singular), pᵀAp, the
+    # quotient's ratio to the first, the residual reached tol — read by the host in one go after the loop
     record: list[Tensor] = []
-    for iteration in range(1, max_iter + 1):
+    # every system solved (or b = 0) before any product: no iteration (the host reads the flags once here, as the
+    # single-system solver always read ‖b‖ and the first residual)
+    for iteration in range(1, max_iter + 1 if bool(active.any()) else 1):
         ap = apply(p)
         p_ap = dot(p, ap)
         quotient = p_ap / dot(p, p)  # the Rayleigh quotient of this direction
@@ -160,45 +228,63 @@ def conjugate_gradient(
         # curvature below rounding relative to the first direction's is zero whatever its sign: pᵀAp of a positive
         # semi-definite A along its null space comes out as ±ε·‖A‖, and a tiny negative value is no indefiniteness
         negligible = quotient.abs() < singular_below * first_quotient
-        not_positive = ~torch.isfinite(ap).all() | ~torch.isfinite(p_ap) | (~(p_ap > 0.0) & ~negligible)
+        not_positive = ~torch.isfinite(ap).all(-1) | ~torch.isfinite(p_ap) | (~(p_ap > 0.0) & ~negligible)
         singular = ~not_positive & (quotient < singular_below * first_quotient)
         step = active & ~not_positive & ~singular
-        alpha = rz / p_ap
-        x = torch.where(step, x + alpha * p, x)
-        r = torch.where(step, r - alpha * ap, r)
+        alpha = column(rz / p_ap)
+        x = torch.where(column(step), x + alpha * p, x)
+        r = torch.where(column(step), r - alpha * ap, r)
         residual = torch.where(step, norm(r) / b_norm, residual)
         reached = step & (residual <= tol)
         record.append(torch.stack([step, active & not_positive, active & singular, p_ap, quotient / first_quotient, reached]).double())
         active = step & ~reached
         z = precondition(r) if precondition else r
         rz_next = dot(r, z)
-        p = torch.where(active, z + (rz_next / rz) * p, p)
+        p = torch.where(column(active), z + column(rz_next / rz) * p, p)
         rz = torch.where(active, rz_next, rz)
-        if check_every is not None and (iteration % check_every == 0) and not bool(active):
+        if check_every is not None and (iteration % check_every == 0) and not bool(active.any()):
             break
 
-    steps, not_positive, singular, curvatures, ratios, reached = torch.stack(record).T.tolist()
-    not_positive, singular, reached = ([flag == 1.0 for flag in flags] for flags in (not_positive, singular, reached))
-    iterations, residual = int(sum(steps)), float(residual)
-    if any(not_positive):
-        stop = not_positive.index(True)
-        message = (
-            f"conjugate gradient met pᵀAp = {curvatures[stop]:.3g} ≤ 0 at iteration {stop + 1}: "
-            "the operator is not positive definite (or produced NaN). Increase the damping, or use a "
-            "positive semi-definite curvature such as the Fisher / Gauss–Newton matrix."
-        )
-        return CGResult(x, iterations, residual, False, "not_positive_definite", message)
-    if any(singular):
-        stop = singular.index(True)
-        return CGResult(x, iterations, residual, False, "singular", _singular_message(stop + 1, ratios[stop]))
-    if any(reached):
-        true_residual = float(norm(b - apply(x))) / b_norm
-        if not true_residual <= max(10.0 * tol, rounding_floor):
-            message = (f"the recursive residual reached {residual:.3g} but the true one is {true_residual:.3g} with "
-                       f"‖x‖ = {float(norm(x)):.3g}: " + _singular_message(iterations, None))
-            return CGResult(x, iterations, true_residual, False, "singular", message)
-        return CGResult(x, iterations, residual, True, "converged", f"relative residual {residual:.3g} ≤ tol {tol:g}")
-    return CGResult(x, max_iter, residual, False, "max_iter", f"stopped after {max_iter} iterations at relative residual {residual:.3g}")
+    # (iterations, 6, K) -> per system: 6 lists over the iterations
+    history = torch.stack(record).permute(2, 1, 0).tolist() if record else [[[]] * 6 for _ in range(n_systems)]
+    residuals = residual.tolist()
+    true_residuals: list[float] | None = None
+    results = []
+    for i in range(n_systems):
+        if bool(zero_b[i]):
+            results.append(CGResult(x[i], 0, 0.0, True, "converged", "b is zero: x = 0"))
+            continue
+        if bool(solved_at_start[i]):
+            results.append(CGResult(x[i], 0, residuals[i], True, "converged", "x0 already solves the system"))
+            continue
+        steps, not_positive, singular, curvatures, ratios, reached = history[i]
+        not_positive, singular, reached = ([flag == 1.0 for flag in flags] for flags in (not_positive, singular, reached))
+        iterations, residual_i = int(sum(steps)), residuals[i]
+        if any(not_positive):
+            stop = not_positive.index(True)
+            message = (
+                f"conjugate gradient met pᵀAp = {curvatures[stop]:.3g} ≤ 0 at iteration {stop + 1}: "
+                "the operator is not positive definite (or produced NaN). Increase the damping, or use a "
+                "positive semi-definite curvature such as the Fisher / Gauss–Newton matrix."
+            )
+            results.append(CGResult(x[i], iterations, residual_i, False, "not_positive_definite", message))
+        elif any(singular):
+            stop = singular.index(True)
+            results.append(CGResult(x[i], iterations, residual_i, False, "singular", _singular_message(stop + 1, ratios[stop])))
+        elif any(reached):
+            if true_residuals is None:  # one more product confirms every system that reached tol
+                true_residuals = (norm(b - apply(x)) / b_norm).tolist()
+            true_residual = true_residuals[i]
+            if not true_residual <= max(10.0 * tol, rounding_floor):
+                message = (f"the recursive residual reached {residual_i:.3g} but the true one is {true_residual:.3g} with "
+                           f"‖x‖ = {float(norm(x[i : i + 1])):.3g}: " + _singular_message(iterations, None))
+                results.append(CGResult(x[i], iterations, true_residual, False, "singular", message))
+            else:
+                results.append(CGResult(x[i], iterations, residual_i, True, "converged", f"relative residual {residual_i:.3g} ≤ tol {tol:g}"))
+        else:
+            results.append(CGResult(x[i], max_iter, residual_i, False, "max_iter",
+                                    f"stopped after {max_iter} iterations at relative residual {residual_i:.3g}"))
+    return results
 
 
 def _singular_message(iteration: int, ratio: float | None) -> str:

@@ -114,12 +114,13 @@ class ERNNCell(nn.Module):
         """U = V·min(1, ρ/‖V‖₂): the recurrent matrix actually used (‖U‖₂ ≤ ρ).
 
         Without autograd (rollouts, evaluation) U is cached until V changes in place (its version
-        counter moves), so single-step calls do not pay for an SVD each.
+        counter moves), so single-step calls do not pay for an SVD each. With autograd on it is computed afresh
+        (V may be a substituted or ``torch.func``-transformed tensor then, with no storage to key a cache on).
         """
         weight = self.weight_hh
         if math.isinf(self.max_recurrent_norm):
             return weight
-        if torch.is_grad_enabled() and weight.requires_grad:
+        if torch.is_grad_enabled():
             return weight * torch.clamp(self.max_recurrent_norm / torch.linalg.matrix_norm(weight, ord=2), max=1.0)
         key = (weight.data_ptr(), weight._version, weight.dtype, weight.device)
         if self._cache_key != key:

@@ -17,11 +17,14 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from torch.func import vmap
+from torch.utils._pytree import tree_flatten, tree_unflatten
+
 from ngrl.fisher.distributions import OutputDistribution
 from ngrl.fisher.operator import CurvatureOperator
 from ngrl.fisher.estimators import ESTIMATORS, fisher_from_linearization
 
-__all__ = ["SequenceLinearization", "sequence_fisher"]
+__all__ = ["SequenceLinearization", "TaskBatchedOperator", "batched_sequence_fisher", "sequence_fisher"]
 
 
 class SequenceLinearization:
@@ -146,3 +149,99 @@ def sequence_fisher(
     return fisher_from_linearization(
         lin, family, estimator=estimator, actions=actions, damping=damping, params=params, generator=generator
     )
+
+
+class TaskBatchedOperator:
+    """blockdiag(A₁, …, A_K) seen through products on the rows of a (K, P) matrix: row i of ``mv(V)`` is Aᵢvᵢ.
+
+    Aᵢ = Cᵢ + λI, Cᵢ over parameter set i (K sets of the same shapes, P entries each, flat in the order of
+    ``params[i]``). What :func:`ngrl.batched_conjugate_gradient` solves K systems with, one product per iteration.
+    """
+
+    def __init__(self, stacked: CurvatureOperator, shapes: Sequence[torch.Size], num_tasks: int, damping: float) -> None:
+        if damping < 0:
+            raise ValueError(f"damping must be non-negative, got {damping}")
+        self._stacked = stacked  # (1/K)·blockdiag(C₁, …, C_K) over the stacked parameters (K, *shape) of each tensor
+        self._sizes = [int(torch.Size(shape).numel()) for shape in shapes]
+        self.num_tasks = num_tasks
+        self.num_params = sum(self._sizes)
+        self.damping = float(damping)
+
+    def _to_stacked(self, rows: Tensor) -> Tensor:
+        """(K, P) task rows -> the flat vector of the stacked tensors (each tensor's K task blocks in turn)."""
+        return torch.cat([part.reshape(-1) for part in rows.split(self._sizes, dim=1)])
+
+    def _to_rows(self, flat: Tensor) -> Tensor:
+        parts = flat.split([self.num_tasks * size for size in self._sizes])
+        return torch.cat([part.reshape(self.num_tasks, size) for part, size in zip(parts, self._sizes)], dim=1)
+
+    def mv(self, rows: Tensor) -> Tensor:
+        """The rows (Cᵢ + λI) vᵢ of a (K, P) matrix of rows vᵢ."""
+        if rows.shape != (self.num_tasks, self.num_params):
+            raise ValueError(f"expected ({self.num_tasks}, {self.num_params}) rows, one per task, got shape {tuple(rows.shape)}")
+        out = self.num_tasks * self._to_rows(self._stacked.mv(self._to_stacked(rows)))
+        return out + self.damping * rows if self.damping else out
+
+    __call__ = mv
+
+    def quadratic(self, rows: Tensor) -> Tensor:
+        """vᵢᵀ(Cᵢ + λI)vᵢ for each row, a K-vector."""
+        return (rows * self.mv(rows)).sum(-1)
+
+
+def batched_sequence_fisher(
+    fn: Callable[[Sequence[Tensor], Any], Tensor],
+    params: Sequence[Sequence[Tensor]],
+    inputs: Sequence[Any],
+    family: OutputDistribution,
+    *,
+    damping: float = 0.0,
+) -> TaskBatchedOperator:
+    """The exact Fishers Fᵢ = (1/n) Σⱼ Jᵢⱼᵀ H(zᵢⱼ) Jᵢⱼ of K tasks as one operator: task i's parameters ``params[i]``
+    on its own sequences ``inputs[i]`` (each Fᵢ is :func:`sequence_fisher`'s on that task), applied to all K at once.
+
+    The K parameter sets are stacked and the K tasks' sequences run through ``fn`` together under ``torch.func.vmap``:
+    one unrolled recurrence for all tasks instead of K, so a product costs one pass of small operations rather than K
+    (a recurrence is many small operations: their count, not their size, sets its time on a CPU). The stacked outputs
+    depend on parameter set i only through task i's rows, so the stacked Fisher is block-diagonal: its blocks are
+    Fᵢ/K (the mean runs over all K·n rows), scaled back by K here.
+
+    :param fn: f(param_values, inputs) -> (n, k), as :func:`sequence_fisher` takes it; it must run under ``vmap`` (an
+        ERNN does; torch's fused LSTM cell has no batching rule)
+    :param params: K parameter sets, of the same shapes
+    :param inputs: K inputs of the same structure: their tensors of the same shapes, everything else equal
+    :param family: the action-distribution family of the outputs
+    :param damping: λ, added as λI to every task's block
+    """
+    if not params or len(params) != len(inputs):
+        raise ValueError(f"need one input per parameter set and at least one task, got {len(params)} and {len(inputs)}")
+    shapes = [p.shape for p in params[0]]
+    if any([p.shape for p in task] != shapes for task in params):
+        raise ValueError("every task's parameters must have the shapes of the first task's")
+    leaves, spec = tree_flatten(inputs[0])
+    is_tensor = [isinstance(leaf, Tensor) for leaf in leaves]
+    per_task = []
+    for task_inputs in inputs:
+        task_leaves, task_spec = tree_flatten(task_inputs)
+        same = task_spec == spec and all(
+            (a.shape == b.shape) if tensor else (a == b) for a, b, tensor in zip(task_leaves, leaves, is_tensor)
+        )
+        if not same:
+            raise ValueError("every task's inputs must have the structure and tensor shapes of the first task's")
+        per_task.append([leaf for leaf, tensor in zip(task_leaves, is_tensor) if tensor])
+    stacked_inputs = [torch.stack(column) for column in zip(*per_task)]
+    stacked_params = [torch.stack([task[j].detach() for task in params]) for j in range(len(shapes))]
+
+    def one_task(values: Sequence[Tensor], tensors: Sequence[Tensor]) -> Tensor:
+        it = iter(tensors)
+        return fn(values, tree_unflatten([next(it) if tensor else leaf for leaf, tensor in zip(leaves, is_tensor)], spec))
+
+    def all_tasks(values: Sequence[Tensor], _: Any) -> Tensor:
+        out = vmap(one_task)(list(values), stacked_inputs)  # (K, n, k)
+        return out.reshape(-1, out.shape[-1])
+
+    linearization = SequenceLinearization(all_tasks, stacked_params, None)
+    if linearization.outputs.shape[-1] != family.num_outputs:
+        raise ValueError(f"fn returns {linearization.outputs.shape[-1]} outputs per row, the distribution family needs {family.num_outputs}")
+    stacked = fisher_from_linearization(linearization, family, estimator="exact")
+    return TaskBatchedOperator(stacked, shapes, len(params), damping)

@@ -248,3 +248,90 @@ def test_curvature_within_rounding_of_zero_is_singular_whatever_its_sign():
     assert result.status == "singular" and not result.converged
     indefinite = torch.tensor([3.0, 0.5, -1e-6, -1e-6], dtype=torch.float64)
     assert conjugate_gradient(lambda v: indefinite * v, b, max_iter=20, tol=1e-10).status == "not_positive_definite"
+
+
+# --- K systems in lockstep ---------------------------------------------------------------------------------------
+
+
+def _stopping_systems(dtype=torch.float64):
+    """Five systems of size 12, each meeting a different stop: converged (well and badly conditioned), b = 0, an
+    indefinite matrix (stops at once), and one left at max_iter by a hard spectrum."""
+    n = 12
+    g = torch.Generator().manual_seed(7)
+    q, _ = torch.linalg.qr(torch.randn(n, n, generator=g, dtype=torch.float64))
+    indefinite = (q * torch.linspace(-1.0, 2.0, n, dtype=torch.float64)) @ q.T
+    matrices = [spd_matrix(n, dtype, 10.0, seed=1), spd_matrix(n, dtype, 1e3, seed=2), spd_matrix(n, dtype, 5.0, seed=3),
+                indefinite.to(dtype), spd_matrix(n, dtype, 1e6, seed=4)]
+    b = torch.randn(5, n, generator=g, dtype=torch.float64).to(dtype)
+    b[2] = 0.0
+    b[3] = q[:, 0].to(dtype)  # along the negative eigenvector: p₀ᵀAp₀ < 0 at the first iteration
+    return torch.stack(matrices), b
+
+
+@pytest.mark.parametrize("max_iter, check_every", [(40, 1), (40, None), (6, 3)])
+def test_batched_systems_are_solved_as_each_alone(max_iter, check_every):
+    """Every row's x, iterations, status and residual are those of the same solve of that system alone (bit for bit:
+    the systems do not interact), one product serves all the systems at each iteration, and the solutions are
+    torch.linalg.solve's."""
+    from ngrl import batched_conjugate_gradient
+
+    matrices, b = _stopping_systems()
+    calls = []
+
+    def products(matrices):
+        def matvec(v):
+            calls.append(v.shape)
+            return torch.einsum("kij,kj->ki", matrices, v)
+        return matvec
+
+    results = batched_conjugate_gradient(products(matrices), b, max_iter=max_iter, tol=1e-10, check_every=check_every)
+    together = len(calls)
+    assert len(results) == 5 and all(shape == b.shape for shape in calls)
+    # one product per iteration for all the systems (+ one to confirm the converged ones' true residuals)
+    assert together <= (max_iter if check_every is None else max(r.iterations for r in results)) + 1
+    for i, got in enumerate(results):
+        (alone,) = batched_conjugate_gradient(products(matrices[i : i + 1]), b[i : i + 1], max_iter=max_iter, tol=1e-10,
+                                              check_every=check_every)
+        assert torch.equal(got.x, alone.x) and got.x.shape == (12,)
+        assert (got.status, got.iterations, got.converged, got.residual_norm) == (
+            alone.status, alone.iterations, alone.converged, alone.residual_norm)
+    statuses = [r.status for r in results]
+    assert statuses[2:4] == ["converged", "not_positive_definite"] and results[2].iterations == 0
+    assert torch.equal(results[2].x, torch.zeros(12, dtype=torch.float64))
+    if max_iter == 40:
+        assert statuses[:2] == ["converged", "converged"] and statuses[4] == "converged"
+        for i in (0, 1):
+            assert torch.allclose(results[i].x, torch.linalg.solve(matrices[i], b[i]), rtol=1e-8, atol=1e-10)
+    else:
+        assert statuses[0] == statuses[1] == statuses[4] == "max_iter"
+    # the single-system solver is this one with K = 1
+    single = conjugate_gradient(lambda v: matrices[0] @ v, b[0], max_iter=max_iter, tol=1e-10, check_every=check_every)
+    assert single.status == results[0].status and torch.allclose(single.x, results[0].x, rtol=1e-9, atol=1e-12)
+
+
+def test_batched_preconditioner_per_system_and_shared():
+    from ngrl import batched_conjugate_gradient
+
+    matrices, b = _stopping_systems()
+    matrices, b = matrices[[0, 1]], b[[0, 1]]
+    diagonals = torch.diagonal(matrices, dim1=1, dim2=2)
+    matvec = lambda v: torch.einsum("kij,kj->ki", matrices, v)  # noqa: E731
+    per_system = batched_conjugate_gradient(matvec, b, max_iter=40, tol=1e-10, preconditioner=diagonals)
+    for i, got in enumerate(per_system):
+        alone = conjugate_gradient(lambda v: matrices[i] @ v, b[i], max_iter=40, tol=1e-10, preconditioner=diagonals[i])
+        assert got.status == alone.status == "converged" and torch.allclose(got.x, alone.x, rtol=1e-8, atol=1e-10)
+    shared = batched_conjugate_gradient(matvec, b, max_iter=40, tol=1e-10, preconditioner=diagonals[0])
+    (alone,) = batched_conjugate_gradient(lambda v: torch.einsum("kij,kj->ki", matrices[1:], v), b[1:], max_iter=40, tol=1e-10,
+                                          preconditioner=diagonals[0])
+    assert shared[1].iterations == alone.iterations and torch.equal(shared[1].x, alone.x)
+
+
+def test_batched_shapes_are_checked():
+    from ngrl import batched_conjugate_gradient
+
+    with pytest.raises(ValueError, match=r"as rows, \(K, n\)"):
+        batched_conjugate_gradient(lambda v: v, torch.ones(3))
+    with pytest.raises(ValueError, match="x0 must have b's shape"):
+        batched_conjugate_gradient(lambda v: v, torch.ones(2, 3), x0=torch.zeros(3))
+    with pytest.raises(ValueError, match="NaN or inf"):
+        batched_conjugate_gradient(lambda v: v, torch.tensor([[1.0, float("nan")]]))

@@ -18,6 +18,7 @@ from agents.meta.maml import maml_meta_gradient
 from agents.meta.memory import SavedTensorMeter
 from agents.npg import NPG
 from agents.policy_gradient import PolicyGradientBatch
+from envs.task_family import held_out_tasks
 from ngrl import get_flat_params
 from ngrl.fisher import actor_parameters
 
@@ -605,6 +606,36 @@ def test_meta_learners_with_an_ernn_policy(cls, kwargs, tmp_path):
     np.testing.assert_array_equal(loaded.policy.predict(observations, None, starts, deterministic=True)[0], expected)
     returns = model.evaluate_adaptation(model.sample_tasks(2), n_updates=[0, 1], seed=1)
     assert returns[1].shape == (2,) and np.all(np.isfinite(returns[1]))
+
+
+@pytest.mark.parametrize("cls,kwargs", [(Reptile, {}), (IMAML, {"curvature": "fisher"})])
+def test_ernn_tasks_solve_their_natural_directions_together(cls, kwargs, monkeypatch):
+    """With an ERNN policy the inner NPG updates of a meta-batch solve their systems together (one Fisher product per CG
+    iteration for all tasks) and adapt each task as its own solve would: the same adapted parameters after two inner
+    updates, up to float32 rounding; an LSTM policy's tasks solve one by one."""
+    from agents.npg import npg as npg_module
+
+    def adapted(joint: bool, policy_kwargs=None) -> tuple[list[torch.Tensor], int]:
+        model = cls("MlpErnnPolicy", NAV, inner_updates=2, **{**ERNN_TINY, **({"policy_kwargs": policy_kwargs} if policy_kwargs else {})},
+                    **kwargs)
+        model.joint_inner_solves = joint
+        calls = []
+        original = npg_module.batched_conjugate_gradient
+        monkeypatch.setattr(npg_module, "batched_conjugate_gradient", lambda *a, **k: calls.append(a[1].shape) or original(*a, **k))
+        model._set_tasks(model.env, held_out_tasks(NAV, model.meta_batch_size, seed=5))
+        with torch.random.fork_rng():
+            torch.manual_seed(0)
+            records, ok = model._adapt_batch(model.env, model._learners, 2, final_rollout=False)
+        assert ok
+        return [record.adapted_actor for record in records], calls
+
+    joint, calls = adapted(True)
+    alone, no_calls = adapted(False)
+    assert len(calls) == 2 and calls[0][0] == len(joint) > 1 and not no_calls  # one joint solve per inner update
+    assert all((a - b).abs().max() < 1e-4 * max(1.0, b.abs().max()) for a, b in zip(joint, alone))
+    assert not torch.equal(joint[0], joint[1])  # the tasks adapted apart
+    _, lstm_calls = adapted(True, dict(ERNN_TINY["policy_kwargs"], cell="lstm"))
+    assert not lstm_calls
 
 
 def test_vpg_trains_a_recurrent_policy_on_its_own(tmp_path):

@@ -9,6 +9,7 @@ and α = sqrt(2δ / wᵀ(F + λI)w) (the rule documented in ``ngrl.natural_step`
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from types import SimpleNamespace
 
@@ -250,9 +251,9 @@ def _sequence_distribution(policy, params, theta, seqs):
     return functional_call(Latent(), {f"policy.{k}": v for k, v in values.items()}, (seqs,))
 
 
-def _recurrent_model(**kwargs):
-    env = make_vec_env("ngrl/CartPoleNoVel-v1", n_envs=4, seed=0)
-    model = NPG("MlpErnnPolicy", env, n_steps=8, n_critic_updates=0, seed=0, device="cpu", cg_damping=DAMPING, cg_max_steps=200,
+def _recurrent_model(seed: int = 0, **kwargs):
+    env = make_vec_env("ngrl/CartPoleNoVel-v1", n_envs=4, seed=seed)
+    model = NPG("MlpErnnPolicy", env, n_steps=8, n_critic_updates=0, seed=seed, device="cpu", cg_damping=DAMPING, cg_max_steps=200,
                 cg_tol=1e-13, target_kl=0.02, policy_kwargs=dict(cell="ernn", hidden_size=3, net_arch=[4]), **kwargs)
     _collect(model)
     _to_float64(model)
@@ -325,6 +326,33 @@ def test_recurrent_npg_step_with_the_windowed_fisher_equals_the_dense_natural_gr
     assert not torch.allclose(whole, expected, rtol=1e-5, atol=1e-7)
     model.train()
     torch.testing.assert_close(get_flat_params(model._actor_params), expected, rtol=1e-7, atol=1e-9)
+
+
+def test_recurrent_npg_steps_solved_jointly_equal_each_dense_natural_gradient():
+    """Three learners (their own parameters and rollouts) solve their systems together (NPG.solve_jointly: one Fisher
+    product per CG iteration for all three, each its own CG) and step: each lands on its own dense oracle's θ."""
+    models = [_recurrent_model(seed=seed, fisher_sequence_length=3) for seed in (0, 1, 2)]
+    expected = []
+    for model in models:
+        windows = _hand_windows(model.rollout_buffer, 3)
+        expected.append(_recurrent_oracle(model, windows, torch.arange(24)))
+    assert all(model.solves_jointly for model in models)
+    problems = [model.natural_gradient_problem() for model in models]
+    directions = NPG.solve_jointly(models, problems)
+    assert all(d.converged and math.isfinite(d.quadratic) for d in directions)
+    for model, problem, direction, theta in zip(models, problems, directions, expected):
+        model.train(problem, direction)
+        torch.testing.assert_close(get_flat_params(model._actor_params), theta, rtol=1e-7, atol=1e-9)
+    # a direction from outside needs its wᵀ(F + λI)w, and a learner that solves jointly
+    model = _recurrent_model(seed=3, fisher_sequence_length=3)
+    problem = model.natural_gradient_problem()
+    (direction,) = NPG.solve_jointly([model], [problem])
+    with pytest.raises(ValueError, match="direction.quadratic"):
+        model.train(problem, dataclasses.replace(direction, quadratic=math.nan))
+    mlp = _feed_forward(NPG)
+    assert not mlp.solves_jointly
+    with pytest.raises(ValueError, match="solves_jointly"):
+        NPG.solve_jointly([mlp], [mlp.natural_gradient_problem()])
 
 
 # --- VPG ----------------------------------------------------------------------------------------

@@ -27,7 +27,7 @@ from agents.recurrent import (
 from ngrl.fisher import policy_distribution
 from ngrl.linearize import module_function
 from ngrl.params import flatten, get_flat_params, unflatten
-from ngrl.recurrent import SequenceLinearization, sequence_fisher
+from ngrl.recurrent import SequenceLinearization, batched_sequence_fisher, sequence_fisher
 
 torch.set_num_threads(1)
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -160,6 +160,38 @@ def test_sequence_fisher_diagonal_and_empirical_estimators() -> None:
         sequence_fisher(fn, params, seqs, family, estimator="magic")
     with pytest.raises(NotImplementedError, match="KFAC"):
         sequence_fisher(fn, params, seqs, family, estimator="kfac")
+
+
+@pytest.mark.filterwarnings("ignore:There is a performance drop:UserWarning")  # GRU: vmap's slow fallback, still exact
+@pytest.mark.parametrize("cell", ["ernn", "gru"])
+@pytest.mark.parametrize("space", ["discrete", "box"])
+def test_batched_sequence_fisher_equals_each_tasks_product(cell: str, space: str) -> None:
+    """Three tasks' Fishers as one operator (parameters stacked, sequences run together under vmap): row i of a product
+    is task i's own sequence Fisher product (different parameters, start states and resets per task), in float64."""
+    policies = [tiny_recurrent_policy(ACTION_SPACES[space], cell, seed=seed) for seed in (0, 1, 2)]
+    sequences = [tiny_sequences(policy, seed=seed) for policy, seed in zip(policies, (3, 4, 5))]
+    starts = sequences[1].episode_starts.clone()
+    starts[[2, 5]] = torch.tensor([0.0, 1.0], dtype=D)  # task 1 resets elsewhere
+    sequences[1] = sequences[1]._replace(episode_starts=starts)
+    params = [policy.actor_parameters() for policy in policies]
+    family = policy_distribution(policies[0])
+    fn = module_function(SequenceActor(policies[0]), params[0])  # substitutes any task's values by name
+    operator = batched_sequence_fisher(fn, params, sequences, family, damping=0.1)
+    n_params = sum(p.numel() for p in params[0])
+    assert (operator.num_tasks, operator.num_params) == (3, n_params)
+    rows = torch.randn(3, n_params, generator=torch.Generator().manual_seed(0), dtype=D)
+    products = operator.mv(rows)
+    for i in range(3):
+        alone = sequence_fisher(module_function(SequenceActor(policies[i]), params[i]), params[i], sequences[i], family, damping=0.1)
+        torch.testing.assert_close(products[i], alone.mv(rows[i]), atol=1e-12, rtol=1e-10)
+        assert (products[i] - 0.1 * rows[i]).abs().max() > 1e-4  # the Fisher part is not trivially zero
+    torch.testing.assert_close(operator.quadratic(rows), (rows * products).sum(-1))
+    with pytest.raises(ValueError, match=r"\(3, \d+\) rows"):
+        operator.mv(rows[0])
+    with pytest.raises(ValueError, match="structure and tensor shapes"):
+        batched_sequence_fisher(fn, params[:2], [sequences[0], tiny_sequences(policies[1], length=3)], family)
+    with pytest.raises(ValueError, match="one input per parameter set"):
+        batched_sequence_fisher(fn, params, sequences[:2], family)
 
 
 # --- the policy and the buffer ------------------------------------------------------------------

@@ -132,6 +132,9 @@ class MetaLearner(CheckpointMixin, BaseAlgorithm):
         "CnnErnnPolicy": CnnErnnPolicy,
     }
     needs_test_rollouts: ClassVar[bool] = True  # the outer update uses fresh rollouts of the adapted policies
+    # NPG inner learners of an ERNN policy solve their tasks' natural directions together (see _inner_updates); False:
+    # each on its own (the same directions up to rounding; for comparisons)
+    joint_inner_solves: bool = True
 
     def __init__(
         self,
@@ -265,9 +268,22 @@ class MetaLearner(CheckpointMixin, BaseAlgorithm):
 
     # --- the inner loop ------------------------------------------------------------------------
 
-    def _inner_step(self, learner: OnPolicyAlgorithm, theta: torch.Tensor) -> PolicyUpdate | None:
-        """One inner update of a task's learner from its filled rollout buffer (iMAML adds its proximal step)."""
-        return learner.train()
+    def _inner_step(self, learner: OnPolicyAlgorithm, theta: torch.Tensor, solved: tuple[Any, Any] | None = None) -> PolicyUpdate | None:
+        """One inner update of a task's learner from its filled rollout buffer (iMAML adds its proximal step).
+
+        :param solved: an NPG learner's (problem, direction), when :meth:`_inner_updates` solved it with the other tasks'
+        """
+        return learner.train() if solved is None else learner.train(*solved)
+
+    def _inner_updates(self, learners: Sequence[OnPolicyAlgorithm], theta: torch.Tensor) -> list[PolicyUpdate | None]:
+        """One inner update of every task's learner. NPG learners of an ERNN policy solve their natural directions
+        together (``NPG.solve_jointly``: one Fisher product per CG iteration for all tasks, each task's own CG); every
+        other learner, a single task, or ``joint_inner_solves = False``, updates on its own."""
+        if self.joint_inner_solves and len(learners) > 1 and all(isinstance(l, NPG) and l.solves_jointly for l in learners):
+            problems = [learner.natural_gradient_problem() for learner in learners]
+            directions = NPG.solve_jointly(learners, problems)
+            return [self._inner_step(learner, theta, solved) for learner, solved in zip(learners, zip(problems, directions))]
+        return [self._inner_step(learner, theta) for learner in learners]
 
     def _adapt_batch(
         self,
@@ -299,8 +315,7 @@ class MetaLearner(CheckpointMixin, BaseAlgorithm):
             for i in range(n):
                 returns[i].append(float(batch_returns[i]))
             if k < n_updates:
-                for i, learner in enumerate(learners):
-                    update = self._inner_step(learner, theta)
+                for i, update in enumerate(self._inner_updates(learners, theta)):
                     if isinstance(update, PolicyUpdate):  # a custom inner algorithm may return nothing
                         updates[i].append(update)
         records = []

@@ -85,9 +85,9 @@ class IMAML(FOMAML):
             n_steps=n_steps, **kwargs,
         )
 
-    def _inner_step(self, learner: OnPolicyAlgorithm, theta: torch.Tensor) -> PolicyUpdate | None:
+    def _inner_step(self, learner: OnPolicyAlgorithm, theta: torch.Tensor, solved: tuple[Any, Any] | None = None) -> PolicyUpdate | None:
         """The inner algorithm's update, then the proximal step φ ← θ + (φ − θ)/(1 + ηλ)."""
-        update = learner.train()
+        update = super()._inner_step(learner, theta, solved)
         params = actor_parameters(learner.policy)
         set_flat_params(params, proximal_shrink(get_flat_params(params), theta, lam=self.lam, step=self.proximal_step))
         return update

@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any, ClassVar, TypeVar
+
+import dataclasses
+import math
 
 import torch
 from gymnasium import spaces
@@ -15,12 +20,13 @@ from agents.arguments import check_arguments, check_spaces
 from agents.common import CheckpointMixin
 from agents.npg.policies import CnnPolicy, MlpPolicy, MultiInputPolicy
 from agents.recurrent import CnnErnnPolicy, MlpErnnPolicy
-from agents.policy_gradient import PolicyGradientMixin, PolicyUpdate
+from agents.policy_gradient import PolicyGradientBatch, PolicyGradientMixin, PolicyUpdate
 from agents.recurrent.on_policy import RecurrentOnPolicyMixin
 from ngrl import (
     CGConfig,
     CGResult,
     LineSearchConfig,
+    batched_conjugate_gradient,
     fit_compatible_advantage,
     flat_grad,
     get_flat_params,
@@ -28,10 +34,32 @@ from ngrl import (
     set_flat_params,
 )
 from ngrl.fisher import AdaptiveConfig, AdaptiveFisher, KFACOperator, kfac_from_linearization, layer_blocks
-from ngrl.sb3_adapter import FeedForwardActor
+from ngrl.recurrent import batched_sequence_fisher
+from ngrl.sb3_adapter import FeedForwardActor, SequenceActor
 from ngrl.spectral import LanczosEstimate, angle_degrees, largest_eigenvalue, relative_damping
 
 SelfNPG = TypeVar("SelfNPG", bound="NPG")
+
+
+@dataclass(frozen=True)
+class NaturalGradientProblem:
+    """What one NPG update solves, (F + λI) w = g, as its learner's current rollout poses it.
+
+    :param batch: the whole rollout, prepared for the surrogate
+    :param objective: the surrogate L(θ_old) (= 0 up to rounding: the advantages are standardised)
+    :param gradient: g = ∇L(θ_old), flat over the actor's parameters
+    :param old_outputs: the actor's raw outputs on the rollout at θ_old (π_old)
+    :param fisher_inputs: the states F is taken on (recurrent: windows of ``fisher_sequence_length`` steps from their
+        stored states; every ``sub_sampling_factor``-th state or window)
+    :param fisher_actions: the actions at those states
+    """
+
+    batch: PolicyGradientBatch
+    objective: float
+    gradient: torch.Tensor
+    old_outputs: torch.Tensor
+    fisher_inputs: Any
+    fisher_actions: torch.Tensor
 
 
 
@@ -234,6 +262,12 @@ class NPG(CheckpointMixin, PolicyGradientMixin, RecurrentOnPolicyMixin, OnPolicy
             config = AdaptiveConfig(**(self.adaptive_kwargs or {}))
             self.policy.add_module("adaptive_fisher", AdaptiveFisher(self._actor_params, config, layer_blocks(self.policy, self._actor_params)))
 
+    def _fisher_states(self, inputs: Any, actions: torch.Tensor) -> tuple[Any, torch.Tensor]:
+        """The rollout's states (and actions) the Fisher is taken on: recurrent, windows of ``fisher_sequence_length``
+        steps from their stored states; then every ``sub_sampling_factor``-th state, or window."""
+        inputs, actions = self._fisher_batch(inputs, actions)
+        return self._actor.subsample(inputs, actions, self.sub_sampling_factor)
+
     def _fisher(self, inputs: Any, actions: torch.Tensor) -> tuple[Any, Any, LanczosEstimate | None]:
         """F + λI over the actor's parameters on every ``sub_sampling_factor``-th state, those states, and F's spectrum.
 
@@ -242,8 +276,7 @@ class NPG(CheckpointMixin, PolicyGradientMixin, RecurrentOnPolicyMixin, OnPolicy
         or ``log_spectrum`` asks for it; otherwise it is None and nothing beyond the operator is computed.
         The operator's ``damping`` is the resolved λ: every later use of λ in the update reads it there.
         """
-        inputs, actions = self._fisher_batch(inputs, actions)  # recurrent: windows of fisher_sequence_length steps
-        inputs, actions = self._actor.subsample(inputs, actions, self.sub_sampling_factor)
+        inputs, actions = self._fisher_states(inputs, actions)
         estimator = "exact" if self.fisher_estimator == "adaptive" else self.fisher_estimator  # adaptive: F of the KL model
         factor = relative_damping(self.cg_damping)
         if factor is None and not self.log_spectrum:
@@ -294,30 +327,81 @@ class NPG(CheckpointMixin, PolicyGradientMixin, RecurrentOnPolicyMixin, OnPolicy
         root = self._actor.family.fisher_sqrt(linearization.outputs)
         return kfac_from_linearization(linearization, root, self._actor_params, fisher.damping).solve
 
-    def train(self) -> PolicyUpdate:
-        """One natural-gradient step of the actor on the whole rollout, then the critic's epochs."""
-        self.policy.set_training_mode(True)
-        self._update_learning_rate(self.policy.optimizer)
+    def natural_gradient_problem(self) -> NaturalGradientProblem:
+        """The system (F + λI) w = g of the next update, from the rollout buffer as it is (see :meth:`train`)."""
         # the whole rollout (recurrent: one sequence per env, from the state that entered its first step)
         batch = self.policy_gradient_batch()
-        actor_inputs, actions, advantages = batch.actor_inputs, batch.actions, batch.advantages
+        outputs = self._actor.outputs(batch.actor_inputs)
+        # L(θ) = E[π_θ(a|s)/π_old(a|s) · Â]; its gradient at θ_old is the policy gradient
+        objective = batch.surrogate(self._actor.family, outputs)
+        gradient = flat_grad(objective, self._actor_params)
+        fisher_inputs, fisher_actions = self._fisher_states(batch.actor_inputs, batch.actions)
+        # π_old, kept as tensors: SB3's distribution object is reused
+        return NaturalGradientProblem(batch, objective.item(), gradient, outputs.detach(), fisher_inputs, fisher_actions)
 
+    @property
+    def solves_jointly(self) -> bool:
+        """Whether :meth:`solve_jointly` batches this learner's solves with others': an ERNN policy, the exact Fisher by
+        plain CG under a fixed damping (LSTM and GRU cells have no fast ``vmap`` rule: measured slower batched)."""
+        return (isinstance(self._actor, SequenceActor) and getattr(self.policy, "cell", None) == "ernn"
+                and self.fisher_estimator == "exact" and self.natural_direction == "cg" and self.preconditioner is None
+                and relative_damping(self.cg_damping) is None and not self.log_spectrum)
+
+    @staticmethod
+    def solve_jointly(learners: Sequence["NPG"], problems: Sequence[NaturalGradientProblem]) -> list[CGResult]:
+        """The natural directions wᵢ = (Fᵢ + λI)⁻¹gᵢ of several learners' problems, solved together.
+
+        Their Fishers are one block-diagonal operator over the stacked parameter sets, their sequences run through one
+        recurrence (:func:`ngrl.recurrent.batched_sequence_fisher`), and each system runs its own CG in lockstep with
+        the others (:func:`ngrl.batched_conjugate_gradient`): the iterates each system would take alone, for one
+        product per iteration instead of one per learner. Each result carries wᵢᵀ(Fᵢ + λI)wᵢ (``quadratic``), what
+        :meth:`train` sizes the step with. The learners must share their settings and ``solves_jointly``.
+
+        :raises NotPositiveDefiniteError: when a system's solve meets no positive curvature, as a learner's own would
+        """
+        first = learners[0]
+        settings = lambda learner: (learner.cg_damping, learner.cg_max_steps, learner.cg_tol, learner.solves_jointly)  # noqa: E731
+        if any(settings(learner) != settings(first) for learner in learners) or not first.solves_jointly:
+            raise ValueError("solve_jointly needs learners of the same CG settings, each with solves_jointly")
+        operator = batched_sequence_fisher(
+            first._actor.function, [learner._actor_params for learner in learners], [p.fisher_inputs for p in problems],
+            first._actor.family, damping=float(first.cg_damping),
+        )
+        gradients = torch.stack([problem.gradient for problem in problems])
+        solves = batched_conjugate_gradient(operator.mv, gradients, max_iter=first.cg_max_steps, tol=first.cg_tol)
+        for solve in solves:
+            solve.raise_if_not_positive_definite()
+        quadratics = operator.quadratic(torch.stack([solve.x for solve in solves])).tolist()
+        return [dataclasses.replace(solve, quadratic=q) for solve, q in zip(solves, quadratics)]
+
+    def train(self, problem: NaturalGradientProblem | None = None, direction: CGResult | None = None) -> PolicyUpdate:
+        """One natural-gradient step of the actor on the whole rollout, then the critic's epochs.
+
+        :param problem: the update's system, as :meth:`natural_gradient_problem` posed it (default: posed now)
+        :param direction: its solution w ≈ (F + λI)⁻¹g with wᵀ(F + λI)w in ``quadratic``, when the caller solved it
+            (a meta-learner solves its tasks' systems together: :meth:`solve_jointly`); default: solved here
+        """
+        self.policy.set_training_mode(True)
+        self._update_learning_rate(self.policy.optimizer)
+        problem = self.natural_gradient_problem() if problem is None else problem
+        batch, gradient, old_outputs = problem.batch, problem.gradient, problem.old_outputs
+        actor_inputs, actions, advantages = batch.actor_inputs, batch.actions, batch.advantages
         params, family = self._actor_params, self._actor.family
-        outputs = self._actor.outputs(actor_inputs)
-        old_outputs = outputs.detach()  # π_old, kept as tensors: SB3's distribution object is reused
 
         def surrogate(outputs: torch.Tensor) -> torch.Tensor:
             # L(θ) = E[π_θ(a|s)/π_old(a|s) · Â]; its gradient at θ_old is the policy gradient.
             return batch.surrogate(family, outputs)
 
-        objective = surrogate(outputs)
-        gradient = flat_grad(objective, params)
-        fisher, fisher_inputs, spectrum = self._fisher(actor_inputs, actions)  # F + λI (the damping is in the operator)
-        solve = None
-        if self.natural_direction == "cfa":
-            solve = self._compatible_fit(actor_inputs, actions, advantages, fisher, fisher_inputs)
-        elif self.fisher_estimator == "adaptive":
-            solve = self._adaptive_solve(gradient, fisher, fisher_inputs)
+        fisher, spectrum, solve = None, None, direction
+        if direction is None:
+            fisher, fisher_inputs, spectrum = self._fisher(actor_inputs, actions)  # F + λI (the damping is in the operator)
+            if self.natural_direction == "cfa":
+                solve = self._compatible_fit(actor_inputs, actions, advantages, fisher, fisher_inputs)
+            elif self.fisher_estimator == "adaptive":
+                solve = self._adaptive_solve(gradient, fisher, fisher_inputs)
+        elif not (self.solves_jointly and math.isfinite(direction.quadratic)):
+            raise ValueError("a direction solved by the caller needs a learner that solves_jointly and its wᵀ(F + λI)w in "
+                             "direction.quadratic (see NPG.solve_jointly)")
         theta_old = get_flat_params(params)
 
         @torch.no_grad()
@@ -336,7 +420,7 @@ class NPG(CheckpointMixin, PolicyGradientMixin, RecurrentOnPolicyMixin, OnPolicy
             solve=solve,
             line_search=LineSearchConfig(self.line_search_shrinking_factor, self.line_search_max_iter) if self.line_search else None,
             evaluate=evaluate,
-            baseline_objective=objective.item(),
+            baseline_objective=problem.objective,
         )
         if step.fraction == 0.0:  # the line search accepted no step
             set_flat_params(params, theta_old)
@@ -352,7 +436,7 @@ class NPG(CheckpointMixin, PolicyGradientMixin, RecurrentOnPolicyMixin, OnPolicy
         self.logger.record("train/step_size", step.step_size)
         self.logger.record("train/predicted_kl", step.predicted_kl)
         self.logger.record("train/line_search_steps", step.line_search_steps)
-        self.logger.record("train/surrogate_improvement", new_objective - objective.item())
+        self.logger.record("train/surrogate_improvement", new_objective - problem.objective)
         self.logger.record("train/value_loss", value_loss)
         self.logger.record("train/explained_variance", float(explained_var))
         if relative_damping(self.cg_damping) is not None:
