@@ -76,11 +76,14 @@ def memory_run(ks: list[int], n_steps: int, net_arch: list[int]) -> dict[str, An
 BASELINES = ("random-init", "joint")
 
 
-def adaptation_table(folder: pathlib.Path) -> str:
+def adaptation_table(folder: pathlib.Path, baselines: tuple[str, str] = BASELINES, expert: str | None = None) -> str:
     """The README's table from a grid's adaptation.csv: per family and method, the mean return over the held-out tasks
-    (mean ± std over seeds) before and after each number of updates; then, per family, on how many seeds each other
-    method beats both baselines after one update (its per-seed mean return above both baselines' of that seed), and its
-    mean return after one update over joint training's (the ratio of the means over seeds; for positive returns only)."""
+    (mean ± std over seeds) before and after each number of updates ("—" where a method has no such row); then, per
+    family, on how many seeds each other method beats both ``baselines`` (random init, joint training) after one update
+    (its per-seed mean return above both baselines' of that seed), and its mean return after one update over joint
+    training's (the ratio of the means over seeds; for positive returns only). With ``expert`` (the per-task expert's
+    row, trained on each task alone; its last number of updates is the ceiling): the share of the gap between joint
+    training and the expert that each method closes after 3 updates, (method − joint) / (expert − joint), per seed."""
     import csv
     import statistics
 
@@ -91,27 +94,40 @@ def adaptation_table(folder: pathlib.Path) -> str:
     lines = ["| family | method | seeds | " + " | ".join(f"after {k} update{'' if k == 1 else 's'}" for k in updates) + " |",
              "|---|---|---|" + "---|" * len(updates)]
     wins = []
+    random_init, joint_row = baselines
     for env in dict.fromkeys(r["env"] for r in rows):
         algos = list(dict.fromkeys(r["algo"] for r in rows if r["env"] == env))
         for algo in algos:
             seeds = sorted({s for (e, a, s, _) in value if e == env and a == algo})
             cells = []
             for k in updates:
-                means = [value[env, algo, s, k] for s in seeds]
-                cells.append(f"{statistics.mean(means):.1f} ± {statistics.pstdev(means):.1f}")
+                means = [value[env, algo, s, k] for s in seeds if (env, algo, s, k) in value]
+                cells.append(f"{statistics.mean(means):.1f} ± {statistics.pstdev(means):.1f}" if means else "—")
             lines.append(f"| {env} | {algo} | {len(seeds)} | " + " | ".join(cells) + " |")
-        if all(b in algos for b in BASELINES) and 1 in updates:
-            for algo in (a for a in algos if a not in BASELINES):
+        if all(b in algos for b in baselines) and 1 in updates:
+            ceiling = max((k for (e, a, _, k) in value if e == env and a == expert), default=None)
+            for algo in (a for a in algos if a not in (*baselines, expert)):
                 seeds = sorted({s for (e, a, s, _) in value if e == env and a == algo})
                 beat = [s for s in seeds if all((env, b, s, 1) in value and value[env, algo, s, 1] > value[env, b, s, 1]
-                                                for b in BASELINES)]
-                joint = statistics.mean(value[env, "joint", s, 1] for s in seeds if (env, "joint", s, 1) in value)
+                                                for b in baselines)]
+                joint = statistics.mean(value[env, joint_row, s, 1] for s in seeds if (env, joint_row, s, 1) in value)
                 # a ratio reads as "× joint training" for positive returns only
                 ratio = f"{statistics.mean(value[env, algo, s, 1] for s in seeds) / joint:.2f}" if joint > 0 else "—"
-                wins.append(f"| {env} | {algo} | {len(beat)} of {len(seeds)} | {ratio} |")
+                line = f"| {env} | {algo} | {len(beat)} of {len(seeds)} | {ratio} |"
+                if expert is not None:
+                    closed = [(value[env, algo, s, 3] - value[env, joint_row, s, 3])
+                              / (value[env, expert, s, ceiling] - value[env, joint_row, s, 3])
+                              for s in seeds if ceiling is not None and all(key in value for key in (
+                                  (env, algo, s, 3), (env, joint_row, s, 3), (env, expert, s, ceiling)))]
+                    line += (f" {statistics.mean(closed):.2f} ({sum(c >= 0.5 for c in closed)} of {len(closed)}) |"
+                             if closed else " — |")
+                wins.append(line)
     if wins:
-        lines += ["", "| family | method | seeds on which it beats random init and joint training after 1 update | "
-                      "mean return after 1 update ÷ joint training's |", "|---|---|---|---|", *wins]
+        header = ("| family | method | seeds on which it beats random init and joint training after 1 update | "
+                  "mean return after 1 update ÷ joint training's |")
+        if expert is not None:
+            header += " share of the joint-to-expert gap closed after 3 updates (seeds ≥ 0.5) |"
+        lines += ["", header, "|---|---|---|---|" + ("---|" if expert is not None else ""), *wins]
     return "\n".join(lines)
 
 
@@ -166,6 +182,9 @@ def main() -> None:
     parser.add_argument("--tag", default="", help="suffix of the result file")
     parser.add_argument("--table", metavar="FOLDER", help="print the README's adaptation table from a grid's --out folder "
                                                           "(its adaptation.csv) instead of measuring memory")
+    parser.add_argument("--baselines", nargs=2, default=list(BASELINES), metavar=("RANDOM_INIT", "JOINT"),
+                        help="--table: the rows of the never-trained policy and of joint training (default random-init joint)")
+    parser.add_argument("--expert", default=None, help="--table: the per-task expert's row (the ceiling), e.g. expert")
     parser.add_argument("--adaptation-cost", action="store_true", help="time a 5-task ERNN adaptation, whole vs windowed "
                                                                       "Fisher, joint vs per-task solves, instead of measuring memory")
     parser.add_argument("--fisher-lengths", nargs="+", default=["whole", "64"], metavar="L",
@@ -180,7 +199,7 @@ def main() -> None:
         (RESULTS / f"meta_adaptation_cost{args.tag}.json").write_text(json.dumps({"command": " ".join(sys.argv), **cost}, indent=1))
         return
     if args.table:
-        print(adaptation_table(pathlib.Path(args.table)))
+        print(adaptation_table(pathlib.Path(args.table), tuple(args.baselines), args.expert))
         return
     torch.set_num_threads(1)
     RESULTS.mkdir(parents=True, exist_ok=True)
