@@ -372,6 +372,30 @@ def test_same_seed_same_meta_parameters():
     assert not torch.equal(runs[0], get_flat_params(list(other.policy.parameters())))
 
 
+@pytest.mark.parametrize("cls", [Reptile, "rl2"])
+def test_the_seed_fixes_the_tasks_drawn_before_training(cls):
+    """sample_tasks on a learner just built draws the same tasks for the same seed (SB3 seeds a VecEnv only at its
+    next reset: before, the draw came from an unseeded generator), other tasks for another seed; drawing, then training,
+    is reproducible as a whole."""
+    from agents import RL2
+
+    def build(seed):
+        if cls == "rl2":
+            return RL2("MlpErnnPolicy", NAV, n_envs=2, n_steps=16, batch_size=16, seed=seed,
+                       policy_kwargs=dict(hidden_size=4, net_arch=[4]))
+        return cls("MlpPolicy", NAV, inner_updates=1, **{**TINY, "seed": seed})
+
+    assert build(0).sample_tasks(3) == build(0).sample_tasks(3) != build(1).sample_tasks(3)
+    runs = []
+    for _ in range(2):
+        model = build(0)
+        first, second = model.sample_tasks(2), model.sample_tasks(2)
+        assert first != second  # a draw moves the family's generator on
+        model.learn(64)
+        runs.append(get_flat_params(list(model.policy.parameters())))
+    torch.testing.assert_close(runs[0], runs[1], rtol=0, atol=0)
+
+
 def test_callback_stops_and_tensorboard_logs(tmp_path):
     class StopAt(BaseCallback):
         def _on_step(self) -> bool:

@@ -24,7 +24,7 @@ from stable_baselines3.common.vec_env import DummyVecEnv, SubprocVecEnv, VecEnv,
 import envs  # noqa: F401  (registers the ngrl/ task families)
 from agents.arguments import check_arguments, check_spaces
 from agents.common import CheckpointMixin, critic_parameters, isolated_random_state
-from agents.meta.family import family_vec_env, missing_vec_family_methods, sub_env_copies
+from agents.meta.family import family_vec_env, missing_vec_family_methods, sample_model_tasks, sub_env_copies
 from agents.meta.rollouts import collect_task_rollouts
 from agents.meta.vpg import VPG
 from agents.policy_gradient import PolicyGradientBatch, PolicyUpdate
@@ -352,7 +352,7 @@ class MetaLearner(CheckpointMixin, BaseAlgorithm):
 
     def sample_tasks(self, n: int) -> list[Task]:
         """n tasks from the family, drawn with the RNG of the first sub-env (seeded by ``seed``)."""
-        return self.env.env_method("sample_tasks", n, indices=[0])[0]
+        return sample_model_tasks(self, n)
 
     def _set_tasks(self, env: VecEnv, tasks: Sequence[Task]) -> None:
         if len(tasks) != env.num_envs:

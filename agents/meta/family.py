@@ -15,9 +15,20 @@ from stable_baselines3.common.env_util import make_vec_env
 from stable_baselines3.common.monitor import Monitor
 from stable_baselines3.common.vec_env import DummyVecEnv, VecEnv
 
-from envs.task_family import FAMILY_METHODS, EnvCopies, FamilyLike, family_name, family_target, not_a_family_message
+from envs.task_family import FAMILY_METHODS, EnvCopies, FamilyLike, Task, family_name, family_target, not_a_family_message
 
-__all__ = ["family_vec_env", "missing_vec_family_methods", "sub_env_copies"]
+__all__ = ["family_vec_env", "missing_vec_family_methods", "sample_model_tasks", "sub_env_copies"]
+
+
+def sample_model_tasks(model: Any, n: int) -> list[Task]:
+    """``n`` tasks drawn with the RNG of the first sub-env of ``model.env`` (a meta-learner's or RL²'s).
+
+    SB3 seeds a VecEnv at its next reset, so a model that has not reset its env since it was seeded (built, not yet
+    trained) resets it first: its seed then fixes the draw, as it fixes everything else (training resets the env anyway).
+    """
+    if model._last_obs is None:
+        model._last_obs = model.env.reset()
+    return model.env.env_method("sample_tasks", n, indices=[0])[0]
 
 
 def missing_vec_family_methods(venv: VecEnv) -> list[str]:

@@ -14,7 +14,7 @@ from stable_baselines3.common.vec_env import VecEnv, VecNormalize
 
 from agents.arguments import check_arguments
 from agents.common import isolated_random_state
-from agents.meta.family import missing_vec_family_methods, sub_env_copies
+from agents.meta.family import missing_vec_family_methods, sample_model_tasks, sub_env_copies
 from agents.npg import NPG
 from agents.recurrent.on_policy import is_recurrent
 from envs.task_family import FamilyLike, Task, family_target, not_a_family_message
@@ -175,10 +175,10 @@ class RL2(NPG):
         super().set_env(env, force_reset)
 
     def sample_tasks(self, n: int) -> list[Task]:
-        """n tasks of the family, drawn with the RNG of the first sub-env."""
+        """n tasks of the family, drawn with the RNG of the first sub-env (seeded by ``seed``)."""
         if self.env is None:
             raise ValueError("sample_tasks needs the model's env: set_env a VecEnv of its trials, or use envs.held_out_tasks")
-        return self.env.env_method("sample_tasks", n, indices=[0])[0]
+        return sample_model_tasks(self, n)
 
     def learn(
         self: SelfRL2,
