@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
+import dataclasses
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar, TypeVar
-
-import dataclasses
-import math
 
 import torch
 from gymnasium import spaces
@@ -46,12 +45,11 @@ class NaturalGradientProblem:
     """What one NPG update solves, (F + λI) w = g, as its learner's current rollout poses it.
 
     :param batch: the whole rollout, prepared for the surrogate
-    :param objective: the surrogate L(θ_old) (= 0 up to rounding: the advantages are standardised)
+    :param objective: the surrogate at θ_old, L(θ_old) = mean(Â)
     :param gradient: g = ∇L(θ_old), flat over the actor's parameters
     :param old_outputs: the actor's raw outputs on the rollout at θ_old (π_old)
     :param fisher_inputs: the states F is taken on (recurrent: windows of ``fisher_sequence_length`` steps from their
         stored states; every ``sub_sampling_factor``-th state or window)
-    :param fisher_actions: the actions at those states
     """
 
     batch: PolicyGradientBatch
@@ -59,8 +57,6 @@ class NaturalGradientProblem:
     gradient: torch.Tensor
     old_outputs: torch.Tensor
     fisher_inputs: Any
-    fisher_actions: torch.Tensor
-
 
 
 class NPG(CheckpointMixin, PolicyGradientMixin, RecurrentOnPolicyMixin, OnPolicyAlgorithm):
@@ -335,9 +331,9 @@ class NPG(CheckpointMixin, PolicyGradientMixin, RecurrentOnPolicyMixin, OnPolicy
         # L(θ) = E[π_θ(a|s)/π_old(a|s) · Â]; its gradient at θ_old is the policy gradient
         objective = batch.surrogate(self._actor.family, outputs)
         gradient = flat_grad(objective, self._actor_params)
-        fisher_inputs, fisher_actions = self._fisher_states(batch.actor_inputs, batch.actions)
+        fisher_inputs, _ = self._fisher_states(batch.actor_inputs, batch.actions)
         # π_old, kept as tensors: SB3's distribution object is reused
-        return NaturalGradientProblem(batch, objective.item(), gradient, outputs.detach(), fisher_inputs, fisher_actions)
+        return NaturalGradientProblem(batch, objective.item(), gradient, outputs.detach(), fisher_inputs)
 
     @property
     def solves_jointly(self) -> bool:
