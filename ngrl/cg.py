@@ -38,9 +38,16 @@ class CGResult:
     message: str
     quadratic: float = math.nan
 
-    def raise_if_not_positive_definite(self) -> "CGResult":
-        """Turn a ``not_positive_definite`` or ``singular`` stop into :class:`NotPositiveDefiniteError`; return self otherwise."""
-        if self.status in ("not_positive_definite", "singular"):
+    def raise_if_not_positive_definite(self, damping: float = 0.0) -> "CGResult":
+        """Turn a ``not_positive_definite`` or ``singular`` stop into :class:`NotPositiveDefiniteError`; return self otherwise.
+
+        :param damping: λ of the operator C + λI that was solved, C positive semi-definite (a Fisher, a Gauss–Newton
+            matrix). With λ > 0 the system is positive definite and solvable in exact arithmetic, so a ``singular`` stop
+            is rounding: its condition number is beyond what b's dtype resolves (about 1/(10ε): 8·10⁵ in float32, as a
+            small σ makes a Gaussian policy's Fisher). The result is then kept: x is the last iterate before the
+            unresolved direction, a truncated solve like a ``max_iter`` one.
+        """
+        if self.status == "not_positive_definite" or (self.status == "singular" and not damping > 0):
             raise NotPositiveDefiniteError(self.message)
         return self
 

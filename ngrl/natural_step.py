@@ -114,7 +114,7 @@ def natural_step(
     if line_search is not None and (learning_rate is not None or evaluate is None or baseline_objective is None):
         raise ValueError("the line search backtracks a trust-region step: give max_kl, evaluate and baseline_objective, not learning_rate")
     if solve is None:
-        solve = cg.solve(operator.mv, gradient, preconditioner=preconditioner).raise_if_not_positive_definite()
+        solve = cg.solve(operator.mv, gradient, preconditioner=preconditioner).raise_if_not_positive_definite(operator.damping)
     direction = solve.x
     if not bool(torch.any(direction != 0)):  # g = 0 (e.g. a saturated policy): a zero step, not an error
         objective, measured_kl = evaluate(torch.zeros_like(direction)) if evaluate is not None else (math.nan, math.nan)

@@ -109,3 +109,21 @@ def test_kl_step_size_refuses_a_bad_radius(max_kl):
 
     with pytest.raises(ValueError, match="max_kl"):
         kl_step_size(1.0, max_kl)
+
+
+def test_a_damped_system_beyond_float32_resolution_is_solved_truncated_not_refused():
+    """F + λI with λ = 0.1 and λ_max(F) = 10⁶ (a Gaussian policy's Fisher once σ is small) is positive definite, but in
+    float32 CG's Rayleigh quotients fall below its resolution and it stops 'singular': the step is taken with the
+    iterate before that direction (a truncated solve) instead of failing the update. Undamped, the same singular C with
+    b outside its range has no solution and is refused."""
+    from ngrl import NotPositiveDefiniteError
+
+    curvature = torch.diag(torch.tensor([1e6, 0.0, 3e5]))
+    g = torch.ones(3)
+    damped = MatvecOperator(lambda v: curvature @ v, [g], damping=0.1)
+    step = natural_step(g, damped, max_kl=0.01, cg=CGConfig(max_iter=10, tol=1e-10))
+    assert step.solve.status == "singular" and step.solve.iterations >= 1
+    assert torch.isfinite(step.direction).all() and step.step_size > 0
+    assert step.predicted_kl == pytest.approx(0.01, rel=1e-3)  # the trust region still sizes the truncated direction
+    with pytest.raises(NotPositiveDefiniteError, match="singular"):
+        natural_step(g, MatvecOperator(lambda v: curvature @ v, [g]), max_kl=0.01, cg=CGConfig(max_iter=10, tol=1e-10))

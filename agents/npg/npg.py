@@ -308,7 +308,7 @@ class NPG(CheckpointMixin, PolicyGradientMixin, RecurrentOnPolicyMixin, OnPolicy
         result = fit_compatible_advantage(
             linearization, score, advantages, ridge=fisher.damping, cg_max_iter=self.cg_max_steps, cg_tol=self.cg_tol
         )
-        return result.raise_if_not_positive_definite()
+        return result.raise_if_not_positive_definite(fisher.damping)
 
     def _preconditioner(self, fisher: Any, fisher_obs: Any) -> Any:
         """M⁻¹ for CG on ``fisher``: none, diag(F) + λ, or the KFAC inverse ≈ (F + λI)⁻¹ on the same states."""
@@ -366,7 +366,7 @@ class NPG(CheckpointMixin, PolicyGradientMixin, RecurrentOnPolicyMixin, OnPolicy
         gradients = torch.stack([problem.gradient for problem in problems])
         solves = batched_conjugate_gradient(operator.mv, gradients, max_iter=first.cg_max_steps, tol=first.cg_tol)
         for solve in solves:
-            solve.raise_if_not_positive_definite()
+            solve.raise_if_not_positive_definite(operator.damping)
         quadratics = operator.quadratic(torch.stack([solve.x for solve in solves])).tolist()
         return [dataclasses.replace(solve, quadratic=q) for solve, q in zip(solves, quadratics)]
 
