@@ -1022,3 +1022,12 @@ def test_the_inner_npg_defaults_to_a_wider_trust_region_saved_with_the_learner(t
     model.inner_kwargs = {}  # as a learner saved before the default existed
     model.save(tmp_path / "old.zip")
     assert Reptile.load(tmp_path / "old.zip")._make_learner().target_kl == NPG("MlpPolicy", "CartPole-v1").target_kl == 0.01
+
+
+def test_reptile_interpolates_a_fifth_of_the_way_by_default_and_a_checkpoint_keeps_its_own(tmp_path):
+    """ε = 0.2 (chosen across families; it was 0.5), and ε is saved: a learner saved with ε = 0.5 loads with 0.5."""
+    model = Reptile("MlpPolicy", "ngrl/TargetBandit-v0", meta_batch_size=2, n_steps=8, seed=0)
+    assert model.learning_rate == 0.2
+    old = Reptile("MlpPolicy", "ngrl/TargetBandit-v0", meta_batch_size=2, n_steps=8, seed=0, learning_rate=0.5)
+    old.save(tmp_path / "old.zip")
+    assert Reptile.load(tmp_path / "old.zip").learning_rate == 0.5
