@@ -82,8 +82,9 @@ def adaptation_table(folder: pathlib.Path, baselines: tuple[str, str] = BASELINE
     family, on how many seeds each other method beats both ``baselines`` (random init, joint training) after one update
     (its per-seed mean return above both baselines' of that seed), and its mean return after one update over joint
     training's (the ratio of the means over seeds; for positive returns only). With ``expert`` (the per-task expert's
-    row, trained on each task alone; its last number of updates is the ceiling): the share of the gap between joint
-    training and the expert that each method closes after 3 updates, (method − joint) / (expert − joint), per seed."""
+    row, trained on each task alone; its best mean return over its numbers of updates is the ceiling, per seed): the
+    share of the gap between joint training and the expert that each method closes after 3 updates,
+    (method − joint) / (expert − joint), per seed."""
     import csv
     import statistics
 
@@ -105,7 +106,10 @@ def adaptation_table(folder: pathlib.Path, baselines: tuple[str, str] = BASELINE
                 cells.append(f"{statistics.mean(means):.1f} ± {statistics.pstdev(means):.1f}" if means else "—")
             lines.append(f"| {env} | {algo} | {len(seeds)} | " + " | ".join(cells) + " |")
         if all(b in algos for b in baselines) and 1 in updates:
-            ceiling = max((k for (e, a, _, k) in value if e == env and a == expert), default=None)
+            ceiling = {}  # seed -> the expert's best mean return over its numbers of updates
+            for (e, a, s, _), v in value.items():
+                if e == env and a == expert:
+                    ceiling[s] = max(v, ceiling.get(s, v))
             for algo in (a for a in algos if a not in (*baselines, expert)):
                 seeds = sorted({s for (e, a, s, _) in value if e == env and a == algo})
                 beat = [s for s in seeds if all((env, b, s, 1) in value and value[env, algo, s, 1] > value[env, b, s, 1]
@@ -115,10 +119,8 @@ def adaptation_table(folder: pathlib.Path, baselines: tuple[str, str] = BASELINE
                 ratio = f"{statistics.mean(value[env, algo, s, 1] for s in seeds) / joint:.2f}" if joint > 0 else "—"
                 line = f"| {env} | {algo} | {len(beat)} of {len(seeds)} | {ratio} |"
                 if expert is not None:
-                    closed = [(value[env, algo, s, 3] - value[env, joint_row, s, 3])
-                              / (value[env, expert, s, ceiling] - value[env, joint_row, s, 3])
-                              for s in seeds if ceiling is not None and all(key in value for key in (
-                                  (env, algo, s, 3), (env, joint_row, s, 3), (env, expert, s, ceiling)))]
+                    closed = [(value[env, algo, s, 3] - value[env, joint_row, s, 3]) / (ceiling[s] - value[env, joint_row, s, 3])
+                              for s in seeds if s in ceiling and (env, algo, s, 3) in value and (env, joint_row, s, 3) in value]
                     line += (f" {statistics.mean(closed):.2f} ({sum(c >= 0.5 for c in closed)} of {len(closed)}) |"
                              if closed else " — |")
                 wins.append(line)
