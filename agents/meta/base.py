@@ -279,7 +279,8 @@ class MetaLearner(CheckpointMixin, BaseAlgorithm):
         """One inner update of every task's learner. NPG learners of an ERNN policy solve their natural directions
         together (``NPG.solve_jointly``: one Fisher product per CG iteration for all tasks, each task's own CG); every
         other learner, a single task, or ``joint_inner_solves = False``, updates on its own."""
-        if self.joint_inner_solves and len(learners) > 1 and all(isinstance(l, NPG) and l.solves_jointly for l in learners):
+        joint = all(isinstance(learner, NPG) and learner.solves_jointly for learner in learners)
+        if self.joint_inner_solves and len(learners) > 1 and joint:
             problems = [learner.natural_gradient_problem() for learner in learners]
             directions = NPG.solve_jointly(learners, problems)
             return [self._inner_step(learner, theta, solved) for learner, solved in zip(learners, zip(problems, directions))]
