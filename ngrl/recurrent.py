@@ -16,7 +16,6 @@ from typing import Any
 
 import torch
 from torch import Tensor
-
 from torch.func import vmap
 from torch.utils._pytree import tree_flatten, tree_unflatten
 

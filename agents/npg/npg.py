@@ -50,6 +50,7 @@ class NaturalGradientProblem:
     :param old_outputs: the actor's raw outputs on the rollout at θ_old (π_old)
     :param fisher_inputs: the states F is taken on (recurrent: windows of ``fisher_sequence_length`` steps from their
         stored states; every ``sub_sampling_factor``-th state or window)
+    :param fisher_actions: the actions at those states (the empirical Fisher's)
     """
 
     batch: PolicyGradientBatch
@@ -57,6 +58,7 @@ class NaturalGradientProblem:
     gradient: torch.Tensor
     old_outputs: torch.Tensor
     fisher_inputs: Any
+    fisher_actions: torch.Tensor
 
 
 class NPG(CheckpointMixin, PolicyGradientMixin, RecurrentOnPolicyMixin, OnPolicyAlgorithm):
@@ -264,26 +266,24 @@ class NPG(CheckpointMixin, PolicyGradientMixin, RecurrentOnPolicyMixin, OnPolicy
         inputs, actions = self._fisher_batch(inputs, actions)
         return self._actor.subsample(inputs, actions, self.sub_sampling_factor)
 
-    def _fisher(self, inputs: Any, actions: torch.Tensor) -> tuple[Any, Any, LanczosEstimate | None]:
-        """F + λI over the actor's parameters on every ``sub_sampling_factor``-th state, those states, and F's spectrum.
+    def _fisher(self, inputs: Any, actions: torch.Tensor) -> tuple[Any, LanczosEstimate | None]:
+        """F + λI over the actor's parameters on the Fisher's states (:meth:`_fisher_states`), and F's spectrum.
 
-        "Every k-th state" is the view's: every k-th observation, or every k-th whole sequence of a recurrent actor.
         The spectrum (Lanczos on the undamped F) is estimated only when ``cg_damping="rel_<c>"`` (λ = c·λ_max(F))
         or ``log_spectrum`` asks for it; otherwise it is None and nothing beyond the operator is computed.
         The operator's ``damping`` is the resolved λ: every later use of λ in the update reads it there.
         """
-        inputs, actions = self._fisher_states(inputs, actions)
         estimator = "exact" if self.fisher_estimator == "adaptive" else self.fisher_estimator  # adaptive: F of the KL model
         factor = relative_damping(self.cg_damping)
         if factor is None and not self.log_spectrum:
             fisher = self._actor.fisher(inputs, estimator=estimator, actions=actions, damping=self.cg_damping)
-            return fisher, inputs, None
+            return fisher, None
         fisher = self._actor.fisher(inputs, estimator=estimator, actions=actions)  # undamped: λ_max(F) first
         # a start vector fixed by the update's number: deterministic, and the global random state is left alone
         spectrum = largest_eigenvalue(fisher, iterations=self.spectrum_iterations, generator=self._n_updates)
         # set on this freshly built operator before anything reads it (damping lives in the operator)
         fisher.damping = float(self.cg_damping) if factor is None else factor * max(spectrum.largest, 0.0)
-        return fisher, inputs, spectrum
+        return fisher, spectrum
 
     def _adaptive_solve(self, gradient: torch.Tensor, fisher: Any, fisher_obs: Any) -> CGResult:
         """Amari's running P ≈ (F + λI)⁻¹, stepped on the scores of one action sampled from π at each of ``fisher_obs``, then w = Pg.
@@ -331,9 +331,9 @@ class NPG(CheckpointMixin, PolicyGradientMixin, RecurrentOnPolicyMixin, OnPolicy
         # L(θ) = E[π_θ(a|s)/π_old(a|s) · Â]; its gradient at θ_old is the policy gradient
         objective = batch.surrogate(self._actor.family, outputs)
         gradient = flat_grad(objective, self._actor_params)
-        fisher_inputs, _ = self._fisher_states(batch.actor_inputs, batch.actions)
+        fisher_inputs, fisher_actions = self._fisher_states(batch.actor_inputs, batch.actions)
         # π_old, kept as tensors: SB3's distribution object is reused
-        return NaturalGradientProblem(batch, objective.item(), gradient, outputs.detach(), fisher_inputs)
+        return NaturalGradientProblem(batch, objective.item(), gradient, outputs.detach(), fisher_inputs, fisher_actions)
 
     @property
     def solves_jointly(self) -> bool:
@@ -388,9 +388,9 @@ class NPG(CheckpointMixin, PolicyGradientMixin, RecurrentOnPolicyMixin, OnPolicy
             # L(θ) = E[π_θ(a|s)/π_old(a|s) · Â]; its gradient at θ_old is the policy gradient.
             return batch.surrogate(family, outputs)
 
-        fisher, spectrum, solve = None, None, direction
+        fisher, spectrum, solve, fisher_inputs = None, None, direction, problem.fisher_inputs
         if direction is None:
-            fisher, fisher_inputs, spectrum = self._fisher(actor_inputs, actions)  # F + λI (the damping is in the operator)
+            fisher, spectrum = self._fisher(fisher_inputs, problem.fisher_actions)  # F + λI (the damping is in the operator)
             if self.natural_direction == "cfa":
                 solve = self._compatible_fit(actor_inputs, actions, advantages, fisher, fisher_inputs)
             elif self.fisher_estimator == "adaptive":
