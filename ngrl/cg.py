@@ -196,7 +196,7 @@ def _solve_systems(
     def norm(u: Tensor) -> Tensor:
         return torch.linalg.vector_norm(u, dim=-1) if metric is None else dot(u, u).clamp_min(0.0).sqrt()
 
-    def column(flags: Tensor) -> Tensor:  # a K-vector as a column, to select rows with torch.where
+    def column(flags: Tensor) -> Tensor:  # a K-vector as a column, to scale or select rows
         return flags.unsqueeze(-1)
 
     n_systems = b.shape[0]
@@ -221,32 +221,34 @@ def _solve_systems(
     # the true residual of a solvable system can stall at rounding level (√ε: 3e-4 in float32, 1.5e-8 in float64)
     # while the recursive one keeps falling; only a true residual above that means the system has no solution
     rounding_floor = torch.finfo(b.dtype).eps ** 0.5
-    first_quotient: Tensor | None = None
-    # per iteration and system, on the device: a step was taken, the stops before it (curvature, singular), pᵀAp, the
-    # quotient's ratio to the first, the residual reached tol — read by the host in one go after the loop
+    threshold: Tensor | None = None  # 10·ε times the first direction's Rayleigh quotient
+    # per iteration and system, on the device: still active before it, healthy curvature, singular, tol reached, pᵀAp,
+    # the Rayleigh quotient — read by the host in one go after the loop, which derives the stops from them
     record: list[Tensor] = []
     # every system solved (or b = 0) before any product: no iteration (the host reads the flags once here, as the
     # single-system solver always read ‖b‖ and the first residual)
     for iteration in range(1, max_iter + 1 if bool(active.any()) else 1):
         ap = apply(p)
-        p_ap = dot(p, ap)
-        quotient = p_ap / dot(p, p)  # the Rayleigh quotient of this direction
-        first_quotient = quotient if first_quotient is None else first_quotient
-        # curvature below rounding relative to the first direction's is zero whatever its sign: pᵀAp of a positive
-        # semi-definite A along its null space comes out as ±ε·‖A‖, and a tiny negative value is no indefiniteness
-        negligible = quotient.abs() < singular_below * first_quotient
-        not_positive = ~torch.isfinite(ap).all(-1) | ~torch.isfinite(p_ap) | (~(p_ap > 0.0) & ~negligible)
-        singular = ~not_positive & (quotient < singular_below * first_quotient)
-        step = active & ~not_positive & ~singular
-        alpha = column(rz / p_ap)
-        x = torch.where(column(step), x + alpha * p, x)
-        r = torch.where(column(step), r - alpha * ap, r)
-        residual = torch.where(step, norm(r) / b_norm, residual)
-        reached = step & (residual <= tol)
-        record.append(torch.stack([step, active & not_positive, active & singular, p_ap, quotient / first_quotient, reached]).double())
-        active = step & ~reached
+        p_metric = p if metric is None else p @ metric
+        p_ap = (ap * p_metric).sum(-1)
+        quotient = p_ap / (p * p_metric).sum(-1)  # the Rayleigh quotient of this direction
+        threshold = singular_below * quotient if threshold is None else threshold
+        # finite, and positive or below rounding relative to the first direction's: pᵀAp of a positive semi-definite A
+        # along its null space comes out as ±ε·‖A‖, and a tiny negative value is no indefiniteness (a non-finite Ap
+        # makes pᵀAp non-finite)
+        healthy = torch.isfinite(p_ap) & ((p_ap > 0.0) | (quotient.abs() < threshold))
+        singular = healthy & (quotient < threshold)
+        step = active & healthy & ~singular
+        alpha = torch.where(step, rz / p_ap, 0.0)
+        x = x + column(alpha) * p  # p is finite, so a system that does not step keeps x exactly
+        r = torch.where(column(step), r - column(alpha) * ap, r)
         z = precondition(r) if precondition else r
         rz_next = dot(r, z)
+        r_norm = rz_next.clamp_min(0.0).sqrt() if precondition is None else norm(r)  # without M, rᵀz = ‖r‖²
+        residual = torch.where(step, r_norm / b_norm, residual)
+        reached = step & (residual <= tol)
+        record.append(torch.stack([active, healthy, singular, reached, p_ap, quotient]).double())
+        active = step & ~reached
         p = torch.where(column(active), z + column(rz_next / rz) * p, p)
         rz = torch.where(active, rz_next, rz)
         if check_every is not None and (iteration % check_every == 0) and not bool(active.any()):
@@ -264,8 +266,12 @@ def _solve_systems(
         if bool(solved_at_start[i]):
             results.append(CGResult(x[i], 0, residuals[i], True, "converged", "x0 already solves the system"))
             continue
-        steps, not_positive, singular, curvatures, ratios, reached = history[i]
-        not_positive, singular, reached = ([flag == 1.0 for flag in flags] for flags in (not_positive, singular, reached))
+        was_active, healthy, singular, reached, curvatures, quotients = history[i]
+        was_active, healthy, singular, reached = ([flag == 1.0 for flag in flags] for flags in (was_active, healthy, singular, reached))
+        steps = [a and h and not s for a, h, s in zip(was_active, healthy, singular)]
+        not_positive = [a and not h for a, h in zip(was_active, healthy)]
+        singular = [a and s for a, s in zip(was_active, singular)]
+        ratios = [q / quotients[0] if quotients[0] != 0.0 else math.nan for q in quotients]
         iterations, residual_i = int(sum(steps)), residuals[i]
         if any(not_positive):
             stop = not_positive.index(True)

@@ -250,6 +250,19 @@ def test_curvature_within_rounding_of_zero_is_singular_whatever_its_sign():
     assert conjugate_gradient(lambda v: indefinite * v, b, max_iter=20, tol=1e-10).status == "not_positive_definite"
 
 
+@pytest.mark.parametrize("smallest", [-1e-17, -1e-6], ids=["singular", "not positive definite"])
+def test_a_stopped_solve_keeps_the_iterate_before_the_stopping_direction(smallest):
+    """A 'singular' or 'not_positive_definite' stop must not use the direction that triggered it: x is the iterate
+    after the directions taken before it, bit for bit what a solve limited to that many iterations returns."""
+    b = torch.ones(4, dtype=torch.float64)
+    spectrum = torch.tensor([3.0, 0.5, smallest, smallest], dtype=torch.float64)
+    result = conjugate_gradient(lambda v: spectrum * v, b, max_iter=20, tol=1e-10)
+    assert result.status in ("singular", "not_positive_definite") and result.iterations >= 1
+    before = conjugate_gradient(lambda v: spectrum * v, b, max_iter=result.iterations, tol=0.0)
+    assert before.status == "max_iter"
+    assert torch.equal(result.x, before.x)
+
+
 # --- K systems in lockstep ---------------------------------------------------------------------------------------
 
 
