@@ -36,7 +36,7 @@ def skip_if_unavailable(env_id: str) -> None:
 
 
 def skip_if_not_installed(algo: str) -> None:
-    """Entries of sb3-contrib's algorithms are skipped where sb3-contrib is not installed (the test extra lacks it)."""
+    """Entries of sb3-contrib's algorithms are skipped where sb3-contrib is not installed (the test and bench extras bring it)."""
     import importlib.util
 
     if algo in train.CONTRIB_PEERS and importlib.util.find_spec("sb3_contrib") is None:

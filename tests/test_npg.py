@@ -258,3 +258,41 @@ def test_checkpoints_with_use_preconditioner_map_onto_preconditioner(saved, expe
     model.__dict__.update(saved)
     model._setup_model()
     assert model.preconditioner == expected and "use_preconditioner" not in model.__dict__
+
+
+def test_at_trpo_scale_npg_takes_sb3_contrib_trpos_update():
+    """sb3-contrib TRPO's KL is the mean over the d action dimensions: its CG solves (F/d + λI)s = g and its step is
+    sized for δ in that KL. NPG with δ·d, λ·d and the line search must then take the same update, actor and critic,
+    from the same parameters, optimiser state and rollout (the peer as the oracle of the whole update)."""
+    import copy
+
+    from stable_baselines3.common.logger import Logger
+
+    trpo_class = pytest.importorskip("sb3_contrib").TRPO
+    env = make_vec_env("ngrl/Navigation2D-v0", n_envs=2, seed=3)
+    d = env.action_space.shape[0]
+    common = dict(learning_rate=1e-3, n_steps=256, batch_size=64, gamma=0.99, gae_lambda=0.95, n_critic_updates=3,
+                  cg_max_steps=10, seed=3, device="cpu", policy_kwargs=dict(net_arch=[32, 32]))
+    trpo = trpo_class("MlpPolicy", env, cg_damping=0.1, target_kl=0.02, **common)
+    npg = NPG("MlpPolicy", env, cg_damping=0.1 * d, target_kl=0.02 * d, line_search=True, **common)
+    trpo.learn(1024)  # away from the initial point, with a live optimiser state
+    npg.policy.load_state_dict(trpo.policy.state_dict())
+    npg.policy.optimizer.load_state_dict(copy.deepcopy(trpo.policy.optimizer.state_dict()))  # load_state_dict shares tensors
+    _, callback = trpo._setup_learn(256, callback=None, reset_num_timesteps=False)
+    callback.on_training_start(locals(), globals())
+    trpo.collect_rollouts(trpo.env, callback, trpo.rollout_buffer, n_rollout_steps=256)
+    npg.rollout_buffer = trpo.rollout_buffer
+    npg.set_logger(Logger(folder=None, output_formats=[]))
+    start = {name: p.detach().clone() for name, p in trpo.policy.named_parameters()}
+
+    def update(model) -> dict[str, torch.Tensor]:
+        np.random.seed(0)  # the critic's minibatch order
+        model.train()
+        return {name: (p.detach() - start[name]).flatten() for name, p in model.policy.named_parameters()}
+
+    expected, got = update(trpo), update(npg)
+    for part in ("actor", "critic"):
+        names = [name for name in start if ("value" in name) == (part == "critic")]
+        want, have = torch.cat([expected[n] for n in names]), torch.cat([got[n] for n in names])
+        assert float(want.norm()) > 0, f"TRPO's {part} did not move"
+        assert float((have - want).norm()) <= 1e-3 * float(want.norm()), part
