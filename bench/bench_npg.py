@@ -3,6 +3,7 @@
     python bench/bench_npg.py fvp                       # micro-benchmark (about a minute)
     python bench/bench_npg.py update                    # one update, NPG and TRPO alternating
     python bench/bench_npg.py precond                   # CG iterations per preconditioner (a few minutes)
+    python bench/bench_npg.py same-update --envs HalfCheetah-v5   # NPG at TRPO's scale vs TRPO's update, same data
 
 The learning table (NPG beside TRPO and PPO on classic control) is a `train.py benchmark` grid:
 
@@ -339,6 +340,61 @@ def cmd_update(args: argparse.Namespace) -> None:
     print(f"wrote {out}")
 
 
+def cmd_same_update(args: argparse.Namespace) -> None:
+    """How far NPG at sb3-contrib TRPO's scale is from TRPO's own update, from the same state and rollout.
+
+    TRPO runs its zoo entry (configs/trpo.yml) and trains ``--warmup`` steps; NPG gets its parameters and a copy of its
+    optimiser state, and δ·d, λ·d and the line search (d action dimensions: TRPO's KL is the mean over them). TRPO
+    collects one more rollout, both ``train()`` on it (same critic minibatch order), and the parameter changes are
+    compared, actor and critic apart: the relative difference ‖Δ_NPG − Δ_TRPO‖ / ‖Δ_TRPO‖.
+    """
+    import copy
+
+    from stable_baselines3.common.env_util import make_vec_env
+    from stable_baselines3.common.logger import Logger
+    from stable_baselines3.common.vec_env import VecNormalize
+
+    torch.set_num_threads(1)
+    rows = []
+    for env_id in args.envs:
+        params = hyperparams("trpo", env_id)
+        params.pop("use_sde", None), params.pop("sde_sample_freq", None), params.pop("sub_sampling_factor", None)
+        n_envs, normalize = params.pop("n_envs", 1), params.pop("normalize", False)
+        env = make_vec_env(env_id, n_envs=n_envs, seed=args.seed)
+        env = VecNormalize(env) if normalize else env
+        d = int(np.prod(env.action_space.shape))
+        trpo = algo_class("trpo")("MlpPolicy", env, seed=args.seed, device="cpu", **params)
+        trpo.learn(args.warmup)
+        scaled = {**params, "target_kl": params.get("target_kl", 0.01) * d, "cg_damping": params.get("cg_damping", 0.1) * d}
+        npg = algo_class("npg")("MlpPolicy", env, seed=args.seed, device="cpu", line_search=True, **scaled)
+        npg.policy.load_state_dict(trpo.policy.state_dict())
+        npg.policy.optimizer.load_state_dict(copy.deepcopy(trpo.policy.optimizer.state_dict()))  # no shared moments
+        _, callback = trpo._setup_learn(trpo.n_steps * n_envs, callback=None, reset_num_timesteps=False)
+        callback.on_training_start(locals(), globals())
+        trpo.collect_rollouts(trpo.env, callback, trpo.rollout_buffer, n_rollout_steps=trpo.n_steps)
+        npg.rollout_buffer = trpo.rollout_buffer
+        npg.set_logger(Logger(folder=None, output_formats=[]))
+        start = {name: p.detach().clone() for name, p in trpo.policy.named_parameters()}
+        changes = {}
+        for name, model in (("trpo", trpo), ("npg", npg)):
+            np.random.seed(args.seed)  # the critic's minibatch order
+            model.train()
+            changes[name] = {key: (p.detach() - start[key]).flatten() for key, p in model.policy.named_parameters()}
+        row = {"env": env_id, "action_dims": d, "warmup_steps": args.warmup, "npg_target_kl": scaled["target_kl"], "npg_cg_damping": scaled["cg_damping"]}
+        for part in ("actor", "critic"):
+            keys = [key for key in start if ("value" in key) == (part == "critic")]
+            want = torch.cat([changes["trpo"][k] for k in keys])
+            have = torch.cat([changes["npg"][k] for k in keys])
+            row[f"{part}_change_norm"] = float(want.norm())
+            row[f"{part}_relative_difference"] = float((have - want).norm() / want.norm())
+        rows.append(row)
+        print(row)
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    out = RESULTS / "npg_trpo_same_update.json"
+    out.write_text(json.dumps({"command": " ".join(sys.argv), "rows": rows}, indent=1))
+    print(f"wrote {out}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -357,6 +413,11 @@ def main() -> None:
     update.add_argument("--envs", nargs="+", default=list(THRESHOLDS))
     update.add_argument("--repeats", type=int, default=20)
     update.set_defaults(handler=cmd_update)
+    same = commands.add_parser("same-update", help="NPG at TRPO's scale against TRPO's update on the same rollout")
+    same.add_argument("--envs", nargs="+", default=["HalfCheetah-v5", "Hopper-v5"])
+    same.add_argument("--warmup", type=int, default=8192, help="TRPO steps before the compared update")
+    same.add_argument("--seed", type=int, default=1)
+    same.set_defaults(handler=cmd_same_update)
     args = parser.parse_args()
     args.handler(args)
 
