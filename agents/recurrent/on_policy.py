@@ -36,10 +36,11 @@ def is_recurrent(policy: BasePolicy | type) -> bool:
 
 
 def whole_rollout(buffer: RolloutBuffer) -> Any:
-    """The whole rollout in one batch, in environment order.
+    """The whole rollout in one batch.
 
     A recurrent buffer gives one sequence per environment with the state that entered its first step,
-    a plain one the flat transitions; what the actor reads of either is its view's ``inputs_from(rollout)``.
+    a plain one the flat transitions (in the shuffled order of SB3's ``get``: every use of them is a mean);
+    what the actor reads of either is its view's ``inputs_from(rollout)``.
     """
     if isinstance(buffer, RecurrentRolloutBuffer):
         return next(buffer.get_sequences(batch_size=None))
