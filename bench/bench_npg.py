@@ -4,6 +4,7 @@
     python bench/bench_npg.py update                    # one update, NPG and TRPO alternating
     python bench/bench_npg.py precond                   # CG iterations per preconditioner (a few minutes)
     python bench/bench_npg.py same-update --envs HalfCheetah-v5   # NPG at TRPO's scale vs TRPO's update, same data
+    python bench/bench_npg.py sensitivity --envs HalfCheetah-v5   # how far one rollout moves when log σ moves by ε
 
 The learning table (NPG beside TRPO and PPO on classic control) is a `train.py benchmark` grid:
 
@@ -395,6 +396,53 @@ def cmd_same_update(args: argparse.Namespace) -> None:
     print(f"wrote {out}")
 
 
+def cmd_sensitivity(args: argparse.Namespace) -> None:
+    """Whether two runs of the same update rule can be compared step by step: how far one rollout moves when the
+    policy's log σ moves by ε.
+
+    TRPO runs its zoo entry (configs/trpo.yml) for ``--warmup`` steps, once per ε, each run built afresh from the same
+    seed (so up to there they are one run); then log σ + ε, and each collects one more rollout from the same torch
+    seed (the same action noise). The largest differences of observations and rewards from the ε = 0 run are
+    recorded; ε = 0 run twice is the control, which must repeat the rollout exactly.
+    """
+    from stable_baselines3.common.env_util import make_vec_env
+    from stable_baselines3.common.vec_env import VecNormalize
+
+    torch.set_num_threads(1)
+    rows = []
+    for env_id in args.envs:
+        params = hyperparams("trpo", env_id)
+        params.pop("use_sde", None), params.pop("sde_sample_freq", None)
+        n_envs, normalize = params.pop("n_envs", 1), params.pop("normalize", False)
+        reference = None
+        for epsilon in [0.0, 0.0, *args.epsilons]:
+            env = make_vec_env(env_id, n_envs=n_envs, seed=args.seed)
+            env = VecNormalize(env) if normalize else env
+            run = algo_class("trpo")("MlpPolicy", env, seed=args.seed, device="cpu", **params)
+            run.learn(args.warmup)
+            _, callback = run._setup_learn(run.n_steps * n_envs, callback=None, reset_num_timesteps=False)
+            with torch.no_grad():
+                run.policy.log_std.add_(epsilon)
+            torch.manual_seed(args.seed)
+            run.collect_rollouts(run.env, callback, run.rollout_buffer, n_rollout_steps=run.n_steps)
+            observations, rewards = run.rollout_buffer.observations.copy(), run.rollout_buffer.rewards.copy()
+            if reference is None:
+                reference = observations, rewards
+            apart = np.abs(observations - reference[0]).max(axis=(1, 2))
+            row = {
+                "env": env_id, "warmup_steps": args.warmup, "rollout_steps": run.n_steps * n_envs, "log_std_shift": epsilon,
+                "max_observation_difference": float(apart.max()),
+                "max_reward_difference": float(np.abs(rewards - reference[1]).max()),
+                "first_step_observations_differ_by_0.1": next((int(t) for t in np.flatnonzero(apart > 0.1)), None),
+            }
+            rows.append(row)
+            print(row)
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    out = RESULTS / "rollout_sensitivity.json"
+    out.write_text(json.dumps({"command": " ".join(sys.argv), "rows": rows}, indent=1))
+    print(f"wrote {out}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -418,6 +466,12 @@ def main() -> None:
     same.add_argument("--warmup", type=int, default=8192, help="TRPO steps before the compared update")
     same.add_argument("--seed", type=int, default=1)
     same.set_defaults(handler=cmd_same_update)
+    sensitivity = commands.add_parser("sensitivity", help="how far one rollout moves when log σ moves by ε")
+    sensitivity.add_argument("--envs", nargs="+", default=["HalfCheetah-v5", "Hopper-v5", "Walker2d-v5"])
+    sensitivity.add_argument("--warmup", type=int, default=8192, help="TRPO steps before the compared rollout")
+    sensitivity.add_argument("--epsilons", type=float, nargs="+", default=[1e-7, 1e-5, 1e-3])
+    sensitivity.add_argument("--seed", type=int, default=1)
+    sensitivity.set_defaults(handler=cmd_sensitivity)
     args = parser.parse_args()
     args.handler(args)
 
