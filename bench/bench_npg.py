@@ -2,6 +2,7 @@
 
     python bench/bench_npg.py fvp                       # micro-benchmark (about a minute)
     python bench/bench_npg.py update                    # one update, NPG and TRPO alternating
+    python bench/bench_npg.py update --envs Hopper-v5 HalfCheetah-v5 Walker2d-v5 --tag _mujoco
     python bench/bench_npg.py precond                   # CG iterations per preconditioner (a few minutes)
     python bench/bench_npg.py same-update --envs HalfCheetah-v5   # NPG at TRPO's scale vs TRPO's update, same data
     python bench/bench_npg.py sensitivity --envs HalfCheetah-v5   # how far one rollout moves when log σ moves by ε
@@ -336,7 +337,7 @@ def cmd_update(args: argparse.Namespace) -> None:
     for r in rows:
         print(f"| {r['env']} | {r['npg_states']} / {r['trpo_states']} | {r['npg_ms']:.1f} | {r['trpo_ms']:.1f} | {r['ratio']:.2f} |")
     RESULTS.mkdir(parents=True, exist_ok=True)
-    out = RESULTS / "npg_update.json"
+    out = RESULTS / f"npg_update{args.tag}.json"
     out.write_text(json.dumps({"command": " ".join(sys.argv), "rows": rows}, indent=1))
     print(f"wrote {out}")
 
@@ -460,6 +461,7 @@ def main() -> None:
     update = commands.add_parser("update", help="wall time of one update, NPG and TRPO alternating")
     update.add_argument("--envs", nargs="+", default=list(THRESHOLDS))
     update.add_argument("--repeats", type=int, default=20)
+    update.add_argument("--tag", default="", help="suffix of the result file: bench/results/npg_update<TAG>.json")
     update.set_defaults(handler=cmd_update)
     same = commands.add_parser("same-update", help="NPG at TRPO's scale against TRPO's update on the same rollout")
     same.add_argument("--envs", nargs="+", default=["HalfCheetah-v5", "Hopper-v5"])
