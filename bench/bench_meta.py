@@ -19,6 +19,8 @@ policy-gradient steps.
     python bench/bench_meta.py --table bench/results/meta   # the README's adaptation table from the grid above
     python bench/bench_meta.py --adaptation-cost     # seconds of a 5-task ERNN adaptation: whole vs windowed Fisher,
                                                      # the tasks' directions solved together vs task by task
+    python bench/bench_meta.py --memoryless bench/results/meta_budget/joint-untuned/ngrl-CartPoleActuator-v0_0 \
+        --tag _cartpole_actuator                     # does one memoryless policy do well in both motor directions?
 """
 
 from __future__ import annotations
@@ -177,6 +179,47 @@ def adaptation_cost(n_tasks: int, n_steps: int, lengths: list[int | None], repea
     return {"n_tasks": n_tasks, "n_steps": n_steps, "rows": rows}
 
 
+def memoryless_check(run_dir: pathlib.Path, gains: list[float], episodes: int) -> dict[str, Any]:
+    """A trained run's policy, never adapted, on its family's tasks of either motor direction (``direction`` ±1) at
+    each gain: episode returns and lengths and how often the action changes from one step to the next (discrete
+    actions), deterministic and sampled actions. A family needs adaptation only if no such policy does well on both."""
+    import gymnasium as gym
+    import numpy as np
+    import yaml
+
+    from agents import META_ALGOS
+
+    config = yaml.safe_load((run_dir / "config.yml").read_text())
+    (env_id,) = config
+    result = json.loads((run_dir / "result.json").read_text())
+    model = META_ALGOS[result["algorithm"]].load(run_dir / "model.zip", device="cpu")
+    env = gym.make(env_id)
+    family = env
+    while not hasattr(family, "set_task"):
+        family = family.env
+    rows = []
+    for direction in (1.0, -1.0):
+        for gain in gains:
+            for deterministic in (True, False):
+                returns, lengths, switches = [], [], []
+                for episode in range(episodes):
+                    family.set_task({"gain": gain, "direction": direction})
+                    obs, _ = env.reset(seed=episode)
+                    actions, total, done = [], 0.0, False
+                    while not done:
+                        action, _ = model.predict(obs, deterministic=deterministic)
+                        obs, reward, terminated, truncated, _ = env.step(action)
+                        actions.append(np.asarray(action).tolist())
+                        total, done = total + float(reward), terminated or truncated
+                    returns.append(total)
+                    lengths.append(len(actions))
+                    switches.append(float(np.mean([a != b for a, b in zip(actions[1:], actions[:-1])])) if len(actions) > 1 else 0.0)
+                rows.append({"direction": direction, "gain": gain, "deterministic": deterministic, "mean_return": float(np.mean(returns)),
+                             "episode_lengths": lengths, "action_switch_rate": float(np.mean(switches))})
+                print(rows[-1])
+    return {"run": str(run_dir), "env": env_id, "algorithm": result["algorithm"], "rows": rows}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--memory-steps", type=int, nargs="+", default=[1, 5, 20], help="inner steps k (default 1 5 20)")
@@ -192,7 +235,16 @@ def main() -> None:
     parser.add_argument("--fisher-lengths", nargs="+", default=["whole", "64"], metavar="L",
                         help="--adaptation-cost: the inner fisher_sequence_length values (whole: None; default whole 64)")
     parser.add_argument("--repeats", type=int, default=1, help="--adaptation-cost: rounds of the interleaved settings")
+    parser.add_argument("--memoryless", metavar="RUN", help="a benchmark run's folder: its policy, never adapted, on tasks of "
+                                                            "both motor directions (an actuator family)")
+    parser.add_argument("--gains", type=float, nargs="+", default=[0.5, 1.0, 1.5], help="--memoryless: the gains")
+    parser.add_argument("--episodes", type=int, default=10, help="--memoryless: episodes per task and action mode")
     args = parser.parse_args()
+    if args.memoryless:
+        check = memoryless_check(pathlib.Path(args.memoryless), args.gains, args.episodes)
+        RESULTS.mkdir(parents=True, exist_ok=True)
+        (RESULTS / f"meta_memoryless{args.tag}.json").write_text(json.dumps({"command": " ".join(sys.argv), **check}, indent=1))
+        return
     if args.adaptation_cost:
         torch.set_num_threads(1)
         lengths = [None if length == "whole" else int(length) for length in args.fisher_lengths]

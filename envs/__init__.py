@@ -24,6 +24,7 @@ register(id="ngrl/Trial-v0", entry_point="envs.trial:TrialEnv")
 # Families whose tasks need different policies (the task is not observed; no memoryless policy suits all tasks).
 register(id="ngrl/LineGoal-v0", entry_point="envs.line_goal:make_line_goal", max_episode_steps=30)
 register(id="ngrl/CartPoleActuator-v0", entry_point="envs.cartpole_actuator:make_cartpole_actuator", max_episode_steps=500)
+register(id="ngrl/PendulumActuator-v0", entry_point="envs.pendulum_actuator:make_pendulum_actuator", max_episode_steps=200)
 register(id="ngrl/Navigation2DAxes-v0", entry_point="envs.navigation_axes:make_navigation_axes", max_episode_steps=50)
 if importlib.util.find_spec("mujoco") is not None:  # optional extra: gymnasium[mujoco]
     register(id="ngrl/HalfCheetahVel-v0", entry_point="envs.locomotion:HalfCheetahVelEnv", max_episode_steps=200)

@@ -16,7 +16,7 @@ import envs  # noqa: F401  registers the ngrl/ ids
 from envs import ParameterTaskFamily, TaskResampling, task_family_methods
 
 FAMILIES = ["ngrl/Navigation2D-v0", "ngrl/CartPoleDynamics-v0", "ngrl/PendulumDynamics-v0", "ngrl/TargetBandit-v0",
-            "ngrl/LineGoal-v0", "ngrl/CartPoleActuator-v0", "ngrl/Navigation2DAxes-v0"]
+            "ngrl/LineGoal-v0", "ngrl/CartPoleActuator-v0", "ngrl/PendulumActuator-v0", "ngrl/Navigation2DAxes-v0"]
 # the task is in the reward
 REWARD_FAMILIES = ("ngrl/Navigation2D-v0", "ngrl/HalfCheetahVel-v0", "ngrl/TargetBandit-v0", "ngrl/LineGoal-v0")
 HAS_MUJOCO = importlib.util.find_spec("mujoco") is not None
@@ -179,6 +179,7 @@ def test_task_resampling_draws_a_task_per_episode():
 NEEDS_ADAPTATION = {  # id: two tasks whose optimal actions differ
     "ngrl/LineGoal-v0": ({"goal": 0.5}, {"goal": -0.5}),
     "ngrl/CartPoleActuator-v0": ({"gain": 0.8, "direction": 1.0}, {"gain": 1.2, "direction": -1.0}),
+    "ngrl/PendulumActuator-v0": ({"gain": 0.8, "direction": 1.0}, {"gain": 1.2, "direction": -1.0}),
     "ngrl/Navigation2DAxes-v0": ({"angle": 0.0, "mirror": 1.0}, {"angle": np.pi, "mirror": 1.0}),
 }
 
@@ -257,6 +258,27 @@ def test_cartpole_actuator_is_cartpole_with_the_signed_scaled_force():
     assert not np.allclose(obs, CartPoleEnv().reset(seed=3)[0])  # the steps moved the cart
 
 
+def test_pendulum_actuator_is_pendulum_with_the_signed_scaled_torque():
+    """The family's dynamics and costs equal gymnasium's Pendulum driven by the torque direction · gain · clip(u, ±2)
+    (a gain of 1.4 lets the applied torque reach 2.8, past Pendulum's own clip)."""
+    from gymnasium.envs.classic_control.pendulum import PendulumEnv
+
+    family = _make("ngrl/PendulumActuator-v0")
+    task_family_methods(family)[1]({"gain": 1.4, "direction": -1.0})
+    reference = PendulumEnv()
+    reference.max_torque = 2.8
+    obs, _ = family.reset(seed=3)
+    ref_obs, _ = reference.reset(seed=3)
+    np.testing.assert_array_equal(obs, ref_obs)
+    for action in (2.0, 1.0, -0.5, 3.0, -2.0):
+        obs, reward, *_ = family.step(np.array([action], dtype=np.float32))
+        applied = -1.4 * float(np.clip(action, -2.0, 2.0))
+        ref_obs, ref_reward, *_ = reference.step(np.array([applied], dtype=np.float32))
+        np.testing.assert_allclose(obs, ref_obs, rtol=1e-6)
+        assert reward == pytest.approx(ref_reward, rel=1e-6)
+    assert not np.allclose(obs, PendulumEnv().reset(seed=3)[0])
+
+
 def test_navigation_axes_moves_by_the_turned_controls():
     env = _make("ngrl/Navigation2DAxes-v0")
     task_family_methods(env)[1]({"angle": np.pi / 2, "mirror": -1.0})
@@ -307,11 +329,16 @@ def test_the_optimal_action_at_a_state_changes_sign_between_tasks():
             elif env_id == "ngrl/CartPoleActuator-v0":
                 env.unwrapped.state = np.array([0.0, 0.0, 0.1, 1.2])  # the pole leans and falls right: one push saves it
                 best[env_id, k] = _best_first_action(env.unwrapped, [0, 1], horizon=10)
+            elif env_id == "ngrl/PendulumActuator-v0":
+                env.unwrapped.state = np.array([0.3, 1.0])  # near the top, falling away from it
+                best[env_id, k] = _best_first_action(env.unwrapped, [2.0 * a for a in grid], horizon=3)
             else:
                 env.unwrapped._position = np.array([0.3, -0.2])
                 best[env_id, k] = _best_first_action(env, plane, horizon=2)
     assert [a.tolist() for a in best["ngrl/LineGoal-v0", 0]] == [[1.0]] and [a.tolist() for a in best["ngrl/LineGoal-v0", 1]] == [[-1.0]]
     assert best["ngrl/CartPoleActuator-v0", 0] == [1] and best["ngrl/CartPoleActuator-v0", 1] == [0]  # push right / push left
+    assert [a.tolist() for a in best["ngrl/PendulumActuator-v0", 0]] == [[-2.0]]  # full torque back towards the top
+    assert [a.tolist() for a in best["ngrl/PendulumActuator-v0", 1]] == [[2.0]]  # the motor reversed: the other sign
     first, second = best["ngrl/Navigation2DAxes-v0", 0], best["ngrl/Navigation2DAxes-v0", 1]
     assert len(first) == len(second) == 1
     np.testing.assert_array_equal(first[0], [-1.0, 1.0])  # towards the origin from (0.3, −0.2)
