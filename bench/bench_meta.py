@@ -21,6 +21,9 @@ policy-gradient steps.
                                                      # the tasks' directions solved together vs task by task
     python bench/bench_meta.py --memoryless bench/results/meta_budget/joint-untuned/ngrl-CartPoleActuator-v0_0 \
         --tag _cartpole_actuator                     # does one memoryless policy do well in both motor directions?
+    python bench/bench_meta.py --memoryless-train ngrl/PendulumActuator-v0 Pendulum-v1 --tag _pendulum_actuator_joint
+                                                     # the same for NPG trained on the family's tasks (--tasks direction=1:
+                                                     # on one direction only)
 """
 
 from __future__ import annotations
@@ -33,12 +36,13 @@ import sys
 from typing import Any
 
 import torch
+import yaml
 from stable_baselines3.common.env_util import make_vec_env
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
 import envs  # noqa: E402,F401
-from agents import FOMAML, IMAML  # noqa: E402
+from agents import FOMAML, IMAML, META_ALGOS  # noqa: E402
 from agents.meta.maml import maml_meta_gradient  # noqa: E402
 from agents.meta.memory import SavedTensorMeter  # noqa: E402
 from agents.meta.rollouts import collect_task_rollouts  # noqa: E402
@@ -179,20 +183,13 @@ def adaptation_cost(n_tasks: int, n_steps: int, lengths: list[int | None], repea
     return {"n_tasks": n_tasks, "n_steps": n_steps, "rows": rows}
 
 
-def memoryless_check(run_dir: pathlib.Path, gains: list[float], episodes: int) -> dict[str, Any]:
-    """A trained run's policy, never adapted, on its family's tasks of either motor direction (``direction`` ±1) at
-    each gain: episode returns and lengths and how often the action changes from one step to the next (discrete
-    actions), deterministic and sampled actions. A family needs adaptation only if no such policy does well on both."""
+def memoryless_check(model: Any, env_id: str, gains: list[float], episodes: int) -> list[dict[str, Any]]:
+    """A policy, never adapted, on an actuator family's tasks of either motor direction (``direction`` ±1) at each gain:
+    episode returns and lengths and how often the action changes from one step to the next, deterministic and sampled
+    actions. A family needs adaptation only if no such policy does well on both directions."""
     import gymnasium as gym
     import numpy as np
-    import yaml
 
-    from agents import META_ALGOS
-
-    config = yaml.safe_load((run_dir / "config.yml").read_text())
-    (env_id,) = config
-    result = json.loads((run_dir / "result.json").read_text())
-    model = META_ALGOS[result["algorithm"]].load(run_dir / "model.zip", device="cpu")
     env = gym.make(env_id)
     family = env
     while not hasattr(family, "set_task"):
@@ -217,8 +214,39 @@ def memoryless_check(run_dir: pathlib.Path, gains: list[float], episodes: int) -
                 rows.append({"direction": direction, "gain": gain, "deterministic": deterministic, "mean_return": float(np.mean(returns)),
                              "episode_lengths": lengths, "action_switch_rate": float(np.mean(switches))})
                 print(rows[-1])
-    return {"run": str(run_dir), "env": env_id, "algorithm": result["algorithm"], "rows": rows}
+    return rows
 
+
+def memoryless_joint(env_id: str, base_env: str, steps: int, seed: int, tasks: str) -> Any:
+    """NPG with configs/npg.yml's block of ``base_env`` (the family's own env: Pendulum-v1, CartPole-v1), trained on
+    the family ``env_id``: a fresh task at every reset (``tasks="all"``, joint training of one memoryless policy), or one
+    fixed task ``"direction=±1"`` at gain 1 (that direction's own policy, for comparison)."""
+    import gymnasium as gym
+    from stable_baselines3.common.env_util import make_vec_env
+
+    import train  # the configuration layer
+    from agents import NPG
+    from envs import TaskResampling
+
+    params = train.load_hyperparams("npg", base_env, {})
+    params.pop("n_timesteps", None)
+    policy = params.pop("policy", "MlpPolicy")
+    n_envs = params.pop("n_envs", 1)
+    params.pop("normalize", None)
+    kwargs = train.constructor_kwargs(params)
+
+    def make() -> gym.Env:
+        env = gym.make(env_id)
+        if tasks == "all":
+            return TaskResampling(env)
+        family = env
+        while not hasattr(family, "set_task"):
+            family = family.env
+        family.set_task({"gain": 1.0, "direction": float(tasks.split("=")[1])})
+        return env
+
+    model = NPG(policy, make_vec_env(make, n_envs=n_envs, seed=seed), seed=seed, device="cpu", **kwargs)
+    return model.learn(steps)
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
@@ -237,13 +265,30 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=1, help="--adaptation-cost: rounds of the interleaved settings")
     parser.add_argument("--memoryless", metavar="RUN", help="a benchmark run's folder: its policy, never adapted, on tasks of "
                                                             "both motor directions (an actuator family)")
+    parser.add_argument("--memoryless-train", nargs=2, metavar=("FAMILY", "BASE_ENV"),
+                        help="train NPG (configs/npg.yml's BASE_ENV block) on FAMILY's tasks, then check it as --memoryless")
+    parser.add_argument("--tasks", default="all", help="--memoryless-train: all (a fresh task every episode) or direction=±1")
+    parser.add_argument("--steps", type=int, default=100_000, help="--memoryless-train: env steps")
+    parser.add_argument("--seed", type=int, default=0, help="--memoryless-train: seed")
     parser.add_argument("--gains", type=float, nargs="+", default=[0.5, 1.0, 1.5], help="--memoryless: the gains")
     parser.add_argument("--episodes", type=int, default=10, help="--memoryless: episodes per task and action mode")
     args = parser.parse_args()
-    if args.memoryless:
-        check = memoryless_check(pathlib.Path(args.memoryless), args.gains, args.episodes)
+    if args.memoryless or args.memoryless_train:
+        torch.set_num_threads(1)
+        if args.memoryless:
+            run = pathlib.Path(args.memoryless)
+            (env_id,) = yaml.safe_load((run / "config.yml").read_text())
+            algorithm = json.loads((run / "result.json").read_text())["algorithm"]
+            model, source = META_ALGOS[algorithm].load(run / "model.zip", device="cpu"), {"run": str(run), "algorithm": algorithm}
+        else:
+            env_id, base_env = args.memoryless_train
+            model = memoryless_joint(env_id, base_env, args.steps, args.seed, args.tasks)
+            source = {"algorithm": "npg", "config_of": base_env, "trained_on": args.tasks, "steps": args.steps, "seed": args.seed}
+        rows = memoryless_check(model, env_id, args.gains, args.episodes)
         RESULTS.mkdir(parents=True, exist_ok=True)
-        (RESULTS / f"meta_memoryless{args.tag}.json").write_text(json.dumps({"command": " ".join(sys.argv), **check}, indent=1))
+        out = RESULTS / f"meta_memoryless{args.tag}.json"
+        out.write_text(json.dumps({"command": " ".join(sys.argv), "env": env_id, **source, "rows": rows}, indent=1))
+        print(f"wrote {out}")
         return
     if args.adaptation_cost:
         torch.set_num_threads(1)
