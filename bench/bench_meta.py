@@ -248,6 +248,19 @@ def memoryless_joint(env_id: str, base_env: str, steps: int, seed: int, tasks: s
     model = NPG(policy, make_vec_env(make, n_envs=n_envs, seed=seed), seed=seed, device="cpu", **kwargs)
     return model.learn(steps)
 
+def weight_norms(runs: list[pathlib.Path]) -> list[dict[str, Any]]:
+    """The Frobenius norm of every parameter tensor of each run's saved policy (actor and critic alike): where
+    meta-training moved the initialisation."""
+    rows = []
+    for run in runs:
+        algorithm = json.loads((run / "result.json").read_text())["algorithm"]
+        model = META_ALGOS[algorithm].load(run / "model.zip", device="cpu")
+        norms = {name: float(p.detach().norm()) for name, p in model.policy.named_parameters()}
+        rows.append({"run": str(run), "algorithm": algorithm, "norms": norms})
+        print(run, {name: round(value, 3) for name, value in norms.items() if "action" in name or "log_std" in name})
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--memory-steps", type=int, nargs="+", default=[1, 5, 20], help="inner steps k (default 1 5 20)")
@@ -272,7 +285,14 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0, help="--memoryless-train: seed")
     parser.add_argument("--gains", type=float, nargs="+", default=[0.5, 1.0, 1.5], help="--memoryless: the gains")
     parser.add_argument("--episodes", type=int, default=10, help="--memoryless: episodes per task and action mode")
+    parser.add_argument("--weight-norms", nargs="+", metavar="RUN", help="benchmark runs' folders: the norms of their "
+                                                                         "policies' parameter tensors")
     args = parser.parse_args()
+    if args.weight_norms:
+        rows = weight_norms([pathlib.Path(run) for run in args.weight_norms])
+        RESULTS.mkdir(parents=True, exist_ok=True)
+        (RESULTS / f"meta_weight_norms{args.tag}.json").write_text(json.dumps({"command": " ".join(sys.argv), "rows": rows}, indent=1))
+        return
     if args.memoryless or args.memoryless_train:
         torch.set_num_threads(1)
         if args.memoryless:
