@@ -71,6 +71,14 @@ class _SpacesEnv(gym.Env):
         return self.observation_space.sample(), 0.0, False, False, {}
 
 
+def write_result(name: str, content: dict[str, Any]) -> None:
+    """bench/results/<name>: the command line that made it, then ``content``, as JSON."""
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    out = RESULTS / name
+    out.write_text(json.dumps({"command": " ".join(sys.argv), **content}, indent=1))
+    print(f"wrote {out}")
+
+
 def _interleaved_ms(first, second, repeats: int) -> tuple[float, float]:
     """Median milliseconds of two functions timed alternately (so other load hits both alike)."""
     first(), second()
@@ -184,10 +192,7 @@ def cmd_fvp(args: argparse.Namespace) -> None:
     for c in cases:
         print(f"| {c['case']} | {c['gradient_ms_1t']:.2f} / {c['gradient_ms_2t']:.2f} | "
               f"{c['fvp_in_gradients_1t']:.2f} / {c['fvp_in_gradients_2t']:.2f} |")
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    out = RESULTS / "npg_fvp.json"
-    out.write_text(json.dumps({"command": " ".join(sys.argv), "cases": cases}, indent=1))
-    print(f"wrote {out}")
+    write_result("npg_fvp.json", {"cases": cases})
 
 
 # --- CG preconditioners -----------------------------------------------------------------------
@@ -290,10 +295,7 @@ def cmd_precond(args: argparse.Namespace) -> None:
         cos15 = " / ".join(f"{c[k]['cosine_at_15']:.3f}" for k in ("none", "diagonal", "kfac"))
         print(f"| {c['case']} | {0.01 * c['head_gain']:g} | {c['damping']:g} | {text[0]} | {text[1]} | {text[2]} | {cos15} | "
               f"{c['kfac_matrix_cosine_at_15']:.3f} |")
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    out = RESULTS / "npg_precond.json"
-    out.write_text(json.dumps({"command": " ".join(sys.argv), "cases": cases}, indent=1))
-    print(f"wrote {out}")
+    write_result("npg_precond.json", {"cases": cases})
 
 
 # --- one update, interleaved -------------------------------------------------------------------
@@ -336,10 +338,7 @@ def cmd_update(args: argparse.Namespace) -> None:
     print("|---|---|---|---|---|")
     for r in rows:
         print(f"| {r['env']} | {r['npg_states']} / {r['trpo_states']} | {r['npg_ms']:.1f} | {r['trpo_ms']:.1f} | {r['ratio']:.2f} |")
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    out = RESULTS / f"npg_update{args.tag}.json"
-    out.write_text(json.dumps({"command": " ".join(sys.argv), "rows": rows}, indent=1))
-    print(f"wrote {out}")
+    write_result(f"npg_update{args.tag}.json", {"rows": rows})
 
 
 def cmd_same_update(args: argparse.Namespace) -> None:
@@ -391,10 +390,7 @@ def cmd_same_update(args: argparse.Namespace) -> None:
             row[f"{part}_relative_difference"] = float((have - want).norm() / want.norm())
         rows.append(row)
         print(row)
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    out = RESULTS / "npg_trpo_same_update.json"
-    out.write_text(json.dumps({"command": " ".join(sys.argv), "rows": rows}, indent=1))
-    print(f"wrote {out}")
+    write_result("npg_trpo_same_update.json", {"rows": rows})
 
 
 def cmd_sensitivity(args: argparse.Namespace) -> None:
@@ -438,10 +434,7 @@ def cmd_sensitivity(args: argparse.Namespace) -> None:
             }
             rows.append(row)
             print(row)
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    out = RESULTS / "rollout_sensitivity.json"
-    out.write_text(json.dumps({"command": " ".join(sys.argv), "rows": rows}, indent=1))
-    print(f"wrote {out}")
+    write_result("rollout_sensitivity.json", {"rows": rows})
 
 
 def main() -> None:
