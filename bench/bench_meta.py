@@ -42,6 +42,7 @@ from stable_baselines3.common.env_util import make_vec_env
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
 import envs  # noqa: E402,F401
+from envs import TaskResampling, task_family_methods  # noqa: E402
 from agents import FOMAML, IMAML, META_ALGOS  # noqa: E402
 from agents.meta.maml import maml_meta_gradient  # noqa: E402
 from agents.meta.memory import SavedTensorMeter  # noqa: E402
@@ -191,16 +192,14 @@ def memoryless_check(model: Any, env_id: str, gains: list[float], episodes: int)
     import numpy as np
 
     env = gym.make(env_id)
-    family = env
-    while not hasattr(family, "set_task"):
-        family = family.env
+    set_task = task_family_methods(env)[1]
     rows = []
     for direction in (1.0, -1.0):
         for gain in gains:
             for deterministic in (True, False):
                 returns, lengths, switches = [], [], []
                 for episode in range(episodes):
-                    family.set_task({"gain": gain, "direction": direction})
+                    set_task({"gain": gain, "direction": direction})
                     obs, _ = env.reset(seed=episode)
                     actions, total, done = [], 0.0, False
                     while not done:
@@ -222,11 +221,9 @@ def memoryless_joint(env_id: str, base_env: str, steps: int, seed: int, tasks: s
     the family ``env_id``: a fresh task at every reset (``tasks="all"``, joint training of one memoryless policy), or one
     fixed task ``"direction=±1"`` at gain 1 (that direction's own policy, for comparison)."""
     import gymnasium as gym
-    from stable_baselines3.common.env_util import make_vec_env
 
     import train  # the configuration layer
     from agents import NPG
-    from envs import TaskResampling
 
     params = train.load_hyperparams("npg", base_env, {})
     params.pop("n_timesteps", None)
@@ -239,14 +236,12 @@ def memoryless_joint(env_id: str, base_env: str, steps: int, seed: int, tasks: s
         env = gym.make(env_id)
         if tasks == "all":
             return TaskResampling(env)
-        family = env
-        while not hasattr(family, "set_task"):
-            family = family.env
-        family.set_task({"gain": 1.0, "direction": float(tasks.split("=")[1])})
+        task_family_methods(env)[1]({"gain": 1.0, "direction": float(tasks.split("=")[1])})
         return env
 
     model = NPG(policy, make_vec_env(make, n_envs=n_envs, seed=seed), seed=seed, device="cpu", **kwargs)
     return model.learn(steps)
+
 
 def weight_norms(runs: list[pathlib.Path]) -> list[dict[str, Any]]:
     """The Frobenius norm of every parameter tensor of each run's saved policy (actor and critic alike): where
