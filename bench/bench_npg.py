@@ -2,10 +2,10 @@
 
     python bench/bench_npg.py fvp                       # micro-benchmark (about a minute)
     python bench/bench_npg.py update                    # one update, NPG and TRPO alternating
-    python bench/bench_npg.py update --envs Hopper-v5 HalfCheetah-v5 Walker2d-v5 --tag _mujoco
+    python bench/bench_npg.py update --envs Hopper-v5 HalfCheetah-v5 Walker2d-v5 --tag _mujoco --repeats 10
     python bench/bench_npg.py precond                   # CG iterations per preconditioner (a few minutes)
     python bench/bench_npg.py same-update --envs HalfCheetah-v5   # NPG at TRPO's scale vs TRPO's update, same data
-    python bench/bench_npg.py sensitivity --envs HalfCheetah-v5   # how far one rollout moves when log σ moves by ε
+    python bench/bench_npg.py sensitivity               # how far one rollout moves when log σ moves by ε
 
 The learning table (NPG beside TRPO and PPO on classic control) is a `train.py benchmark` grid:
 
