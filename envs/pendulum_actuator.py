@@ -20,9 +20,9 @@ class ActuatedPendulumEnv(PendulumEnv):
     The action space stays Pendulum's [−2, 2]; the applied torque, which both the dynamics and the cost
     (0.001·torque²) see, lies in [−2·gain, 2·gain]. With ``direction`` = −1 a torque needs the opposite
     action. Unlike CartPole, whose cart a memoryless policy can shake fast enough to hold the pole up whichever
-    way it pushes (README "Meta-RL"), a torque at the pivot gives no such effect: near the top, a linear policy
-    stabilising one direction destabilises the other (the closed loops' traces are opposite). The task is not
-    observed (the observation is Pendulum's).
+    way it pushes (README "Meta-RL"), a torque at the pivot gives no such effect: near the top no linear policy
+    u = k₁θ + k₂θ̇ stabilises both directions, since the linearised closed loops' traces are ±gain·k₂·3/(ml²) and a
+    stable 2 × 2 system needs a negative trace. The task is not observed (the observation is Pendulum's).
 
     :param render_mode: Pendulum's render modes
     """
