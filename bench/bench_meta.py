@@ -24,6 +24,8 @@ policy-gradient steps.
     python bench/bench_meta.py --memoryless-train ngrl/PendulumActuator-v0 Pendulum-v1 --tag _pendulum_actuator_joint
                                                      # the same for NPG trained on the family's tasks (--tasks direction=1:
                                                      # on one direction only)
+    python bench/bench_meta.py --inner-step-sizes bench/results/meta_budget/joint-untuned/ngrl-CartPoleActuator-v0_0 \
+        --tag _cartpole_actuator_joint               # the run's policy adapted at inner δ 0.1, 0.01, 0.001
 """
 
 from __future__ import annotations
@@ -256,6 +258,24 @@ def weight_norms(runs: list[pathlib.Path]) -> list[dict[str, Any]]:
     return rows
 
 
+def inner_step_sizes(run: pathlib.Path, deltas: list[float], n_updates: list[int]) -> list[dict[str, Any]]:
+    """A benchmark run's trained policy adapted to its own held-out tasks (result.json's, with the benchmark's seed
+    + 10000, so the run's δ repeats its numbers) by its inner NPG at each trust region δ: mean return after each
+    number of updates."""
+    import numpy as np
+
+    result = json.loads((run / "result.json").read_text())
+    tasks = result["adaptation"]["tasks"]
+    rows = []
+    for delta in deltas:
+        model = META_ALGOS[result["algorithm"]].load(run / "model.zip", device="cpu")
+        model.inner_kwargs = {**model.inner_kwargs, "target_kl": delta}
+        returns = model.evaluate_adaptation(tasks, n_updates=n_updates, seed=result["seed"] + 10_000)
+        rows.append({"inner_target_kl": delta, "mean_return": {str(k): float(np.mean(v)) for k, v in returns.items()}})
+        print(rows[-1])
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--memory-steps", type=int, nargs="+", default=[1, 5, 20], help="inner steps k (default 1 5 20)")
@@ -282,7 +302,17 @@ def main() -> None:
     parser.add_argument("--episodes", type=int, default=10, help="--memoryless: episodes per task and action mode")
     parser.add_argument("--weight-norms", nargs="+", metavar="RUN", help="benchmark runs' folders: the norms of their "
                                                                          "policies' parameter tensors")
+    parser.add_argument("--inner-step-sizes", metavar="RUN", help="a benchmark run's folder: its policy adapted to its "
+                                                                  "held-out tasks at each inner δ of --deltas")
+    parser.add_argument("--deltas", type=float, nargs="+", default=[0.1, 0.01, 0.001], help="--inner-step-sizes: the δ")
     args = parser.parse_args()
+    if args.inner_step_sizes:
+        torch.set_num_threads(1)
+        rows = inner_step_sizes(pathlib.Path(args.inner_step_sizes), args.deltas, [0, 1, 3])
+        RESULTS.mkdir(parents=True, exist_ok=True)
+        (RESULTS / f"meta_inner_step_sizes{args.tag}.json").write_text(
+            json.dumps({"command": " ".join(sys.argv), "run": args.inner_step_sizes, "rows": rows}, indent=1))
+        return
     if args.weight_norms:
         rows = weight_norms([pathlib.Path(run) for run in args.weight_norms])
         RESULTS.mkdir(parents=True, exist_ok=True)
