@@ -21,7 +21,8 @@ register(id="ngrl/PendulumDynamics-v0", entry_point="envs.dynamics:make_pendulum
 register(id="ngrl/TargetBandit-v0", entry_point="envs.bandit:TargetBanditEnv")  # one-step episodes
 # RL² trials of any family: gym.make("ngrl/Trial-v0", family="ngrl/TargetBandit-v0", episodes_per_trial=2)
 register(id="ngrl/Trial-v0", entry_point="envs.trial:TrialEnv")
-# Families whose tasks need different policies (the task is not observed; no memoryless policy suits all tasks).
+# Families whose tasks have opposite optimal actions (the task is not observed). One memoryless policy does well on
+# every CartPoleActuator task all the same (README "Meta-RL"); on the others none does.
 register(id="ngrl/LineGoal-v0", entry_point="envs.line_goal:make_line_goal", max_episode_steps=30)
 register(id="ngrl/CartPoleActuator-v0", entry_point="envs.cartpole_actuator:make_cartpole_actuator", max_episode_steps=500)
 register(id="ngrl/PendulumActuator-v0", entry_point="envs.pendulum_actuator:make_pendulum_actuator", max_episode_steps=200)

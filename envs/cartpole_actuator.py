@@ -21,8 +21,8 @@ class ActuatedCartPoleEnv(CartPoleEnv):
     every state where one action is strictly better. That does not stop one memoryless policy from doing
     well on both: joint training found one that balances the pole for 500 steps in either direction, in one
     as an ordinary balancer and in the other by shaking the cart (its pushes alternate at 60–70% of the steps;
-    ``bench/bench_meta.py --memoryless``, README "Meta-RL"). ``ngrl/PendulumActuator-v0`` varies the motor the same way without that
-    loophole. The task is not observed (the observation is CartPole's).
+    ``bench/bench_meta.py --memoryless``, README "Meta-RL"). ``ngrl/PendulumActuator-v0`` varies the motor the
+    same way without that loophole. The task is not observed (the observation is CartPole's).
 
     :param render_mode: CartPole's render modes
     """
