@@ -35,7 +35,7 @@ class ActuatedPendulumEnv(PendulumEnv):
 
     def step(self, action):
         action = np.clip(np.asarray(action, dtype=np.float32), -self.nominal_torque, self.nominal_torque)
-        self.max_torque = self.gain * self.nominal_torque  # Pendulum clips to ±max_torque: the scaled range passes
+        self.max_torque = abs(self.gain) * self.nominal_torque  # Pendulum clips to ±max_torque: the scaled range passes
         return super().step(self.direction * self.gain * action)
 
 

@@ -277,6 +277,14 @@ def test_pendulum_actuator_is_pendulum_with_the_signed_scaled_torque():
         np.testing.assert_allclose(obs, ref_obs, rtol=1e-6)
         assert reward == pytest.approx(ref_reward, rel=1e-6)
     assert not np.allclose(obs, PendulumEnv().reset(seed=3)[0])
+    # a gain set outside the family's range, negative: the motor reversed, not a torque clipped to nothing
+    flipped = _make("ngrl/PendulumActuator-v0")
+    task_family_methods(flipped)[1]({"gain": -1.4, "direction": 1.0})
+    flipped.reset(seed=3)
+    family.reset(seed=3)
+    for action in (2.0, -1.0, 0.5):
+        np.testing.assert_array_equal(flipped.step(np.array([action], dtype=np.float32))[0],
+                                      family.step(np.array([action], dtype=np.float32))[0])
 
 
 def test_navigation_axes_moves_by_the_turned_controls():
