@@ -276,6 +276,14 @@ def inner_step_sizes(run: pathlib.Path, deltas: list[float], n_updates: list[int
     return rows
 
 
+def write_result(name: str, content: dict[str, Any]) -> None:
+    """bench/results/<name>: the command line that made it, then ``content``, as JSON."""
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    out = RESULTS / name
+    out.write_text(json.dumps({"command": " ".join(sys.argv), **content}, indent=1))
+    print(f"wrote {out}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--memory-steps", type=int, nargs="+", default=[1, 5, 20], help="inner steps k (default 1 5 20)")
@@ -295,7 +303,8 @@ def main() -> None:
                                                             "both motor directions (an actuator family)")
     parser.add_argument("--memoryless-train", nargs=2, metavar=("FAMILY", "BASE_ENV"),
                         help="train NPG (configs/npg.yml's BASE_ENV block) on FAMILY's tasks, then check it as --memoryless")
-    parser.add_argument("--tasks", default="all", help="--memoryless-train: all (a fresh task every episode) or direction=±1")
+    parser.add_argument("--tasks", default="all", choices=["all", "direction=1", "direction=-1"],
+                        help="--memoryless-train: all (a fresh task every episode) or one direction at gain 1")
     parser.add_argument("--steps", type=int, default=100_000, help="--memoryless-train: env steps")
     parser.add_argument("--seed", type=int, default=0, help="--memoryless-train: seed")
     parser.add_argument("--gains", type=float, nargs="+", default=[0.5, 1.0, 1.5], help="--memoryless: the gains")
@@ -309,14 +318,11 @@ def main() -> None:
     if args.inner_step_sizes:
         torch.set_num_threads(1)
         rows = inner_step_sizes(pathlib.Path(args.inner_step_sizes), args.deltas, [0, 1, 3])
-        RESULTS.mkdir(parents=True, exist_ok=True)
-        (RESULTS / f"meta_inner_step_sizes{args.tag}.json").write_text(
-            json.dumps({"command": " ".join(sys.argv), "run": args.inner_step_sizes, "rows": rows}, indent=1))
+        write_result(f"meta_inner_step_sizes{args.tag}.json", {"run": args.inner_step_sizes, "rows": rows})
         return
     if args.weight_norms:
         rows = weight_norms([pathlib.Path(run) for run in args.weight_norms])
-        RESULTS.mkdir(parents=True, exist_ok=True)
-        (RESULTS / f"meta_weight_norms{args.tag}.json").write_text(json.dumps({"command": " ".join(sys.argv), "rows": rows}, indent=1))
+        write_result(f"meta_weight_norms{args.tag}.json", {"rows": rows})
         return
     if args.memoryless or args.memoryless_train:
         torch.set_num_threads(1)
@@ -330,17 +336,13 @@ def main() -> None:
             model = memoryless_joint(env_id, base_env, args.steps, args.seed, args.tasks)
             source = {"algorithm": "npg", "config_of": base_env, "trained_on": args.tasks, "steps": args.steps, "seed": args.seed}
         rows = memoryless_check(model, env_id, args.gains, args.episodes)
-        RESULTS.mkdir(parents=True, exist_ok=True)
-        out = RESULTS / f"meta_memoryless{args.tag}.json"
-        out.write_text(json.dumps({"command": " ".join(sys.argv), "env": env_id, **source, "rows": rows}, indent=1))
-        print(f"wrote {out}")
+        write_result(f"meta_memoryless{args.tag}.json", {"env": env_id, **source, "rows": rows})
         return
     if args.adaptation_cost:
         torch.set_num_threads(1)
         lengths = [None if length == "whole" else int(length) for length in args.fisher_lengths]
         cost = adaptation_cost(5, 500, lengths, args.repeats)
-        RESULTS.mkdir(parents=True, exist_ok=True)
-        (RESULTS / f"meta_adaptation_cost{args.tag}.json").write_text(json.dumps({"command": " ".join(sys.argv), **cost}, indent=1))
+        write_result(f"meta_adaptation_cost{args.tag}.json", cost)
         return
     if args.table:
         print(adaptation_table(pathlib.Path(args.table), tuple(args.baselines), args.expert))

@@ -71,6 +71,19 @@ class _SpacesEnv(gym.Env):
         return self.observation_space.sample(), 0.0, False, False, {}
 
 
+def zoo_env(algo: str, env_id: str, seed: int) -> tuple[Any, dict[str, Any]]:
+    """The env of ``algo``'s entry for ``env_id`` (its n_envs, VecNormalize when the entry normalises), seeded, and the
+    entry's remaining constructor arguments (gSDE's dropped: NPG has none)."""
+    from stable_baselines3.common.env_util import make_vec_env
+    from stable_baselines3.common.vec_env import VecNormalize
+
+    params = hyperparams(algo, env_id)
+    params.pop("use_sde", None), params.pop("sde_sample_freq", None)
+    n_envs, normalize = params.pop("n_envs", 1), params.pop("normalize", False)
+    env = make_vec_env(env_id, n_envs=n_envs, seed=seed)
+    return (VecNormalize(env) if normalize else env), params
+
+
 def write_result(name: str, content: dict[str, Any]) -> None:
     """bench/results/<name>: the command line that made it, then ``content``, as JSON."""
     RESULTS.mkdir(parents=True, exist_ok=True)
@@ -307,21 +320,14 @@ def cmd_update(args: argparse.Namespace) -> None:
     Alternating the two on the same machine state makes the ratio robust to other load; each model
     first collects one rollout with its zoo configuration, then ``train()`` is timed repeatedly on it.
     """
-    from stable_baselines3.common.env_util import make_vec_env
-    from stable_baselines3.common.vec_env import VecNormalize
-
     torch.set_num_threads(1)
     rows = []
     for env_id in args.envs:
         models = {}
         for algo in ("npg", "trpo"):
-            params = hyperparams(algo, env_id)
-            params.pop("use_sde", None), params.pop("sde_sample_freq", None)
-            n_envs, normalize = params.pop("n_envs", 1), params.pop("normalize", False)
-            env = make_vec_env(env_id, n_envs=n_envs, seed=0)
-            env = VecNormalize(env) if normalize else env
+            env, params = zoo_env(algo, env_id, seed=0)
             model = algo_class(algo)("MlpPolicy", env, seed=0, device="cpu", **params)
-            model.learn(model.n_steps * n_envs)  # one rollout (and one update) to fill the buffer
+            model.learn(model.n_steps * env.num_envs)  # one rollout (and one update) to fill the buffer
             models[algo] = model
         times = {algo: [] for algo in models}
         for _ in range(args.repeats):
@@ -351,18 +357,13 @@ def cmd_same_update(args: argparse.Namespace) -> None:
     """
     import copy
 
-    from stable_baselines3.common.env_util import make_vec_env
     from stable_baselines3.common.logger import Logger
-    from stable_baselines3.common.vec_env import VecNormalize
 
     torch.set_num_threads(1)
     rows = []
     for env_id in args.envs:
-        params = hyperparams("trpo", env_id)
-        params.pop("use_sde", None), params.pop("sde_sample_freq", None), params.pop("sub_sampling_factor", None)
-        n_envs, normalize = params.pop("n_envs", 1), params.pop("normalize", False)
-        env = make_vec_env(env_id, n_envs=n_envs, seed=args.seed)
-        env = VecNormalize(env) if normalize else env
+        env, params = zoo_env("trpo", env_id, seed=args.seed)
+        params.pop("sub_sampling_factor", None)
         d = int(np.prod(env.action_space.shape))
         trpo = algo_class("trpo")("MlpPolicy", env, seed=args.seed, device="cpu", **params)
         trpo.learn(args.warmup)
@@ -370,7 +371,7 @@ def cmd_same_update(args: argparse.Namespace) -> None:
         npg = algo_class("npg")("MlpPolicy", env, seed=args.seed, device="cpu", line_search=True, **scaled)
         npg.policy.load_state_dict(trpo.policy.state_dict())
         npg.policy.optimizer.load_state_dict(copy.deepcopy(trpo.policy.optimizer.state_dict()))  # no shared moments
-        _, callback = trpo._setup_learn(trpo.n_steps * n_envs, callback=None, reset_num_timesteps=False)
+        _, callback = trpo._setup_learn(trpo.n_steps * env.num_envs, callback=None, reset_num_timesteps=False)
         callback.on_training_start(locals(), globals())
         trpo.collect_rollouts(trpo.env, callback, trpo.rollout_buffer, n_rollout_steps=trpo.n_steps)
         npg.rollout_buffer = trpo.rollout_buffer
@@ -402,22 +403,15 @@ def cmd_sensitivity(args: argparse.Namespace) -> None:
     seed (the same action noise). The largest differences of observations and rewards from the ε = 0 run are
     recorded; ε = 0 run twice is the control, which must repeat the rollout exactly.
     """
-    from stable_baselines3.common.env_util import make_vec_env
-    from stable_baselines3.common.vec_env import VecNormalize
-
     torch.set_num_threads(1)
     rows = []
     for env_id in args.envs:
-        params = hyperparams("trpo", env_id)
-        params.pop("use_sde", None), params.pop("sde_sample_freq", None)
-        n_envs, normalize = params.pop("n_envs", 1), params.pop("normalize", False)
         reference = None
         for epsilon in [0.0, 0.0, *args.epsilons]:
-            env = make_vec_env(env_id, n_envs=n_envs, seed=args.seed)
-            env = VecNormalize(env) if normalize else env
+            env, params = zoo_env("trpo", env_id, seed=args.seed)
             run = algo_class("trpo")("MlpPolicy", env, seed=args.seed, device="cpu", **params)
             run.learn(args.warmup)
-            _, callback = run._setup_learn(run.n_steps * n_envs, callback=None, reset_num_timesteps=False)
+            _, callback = run._setup_learn(run.n_steps * env.num_envs, callback=None, reset_num_timesteps=False)
             with torch.no_grad():
                 run.policy.log_std.add_(epsilon)
             torch.manual_seed(args.seed)
@@ -427,7 +421,7 @@ def cmd_sensitivity(args: argparse.Namespace) -> None:
                 reference = observations, rewards
             apart = np.abs(observations - reference[0]).max(axis=(1, 2))
             row = {
-                "env": env_id, "warmup_steps": args.warmup, "rollout_steps": run.n_steps * n_envs, "log_std_shift": epsilon,
+                "env": env_id, "warmup_steps": args.warmup, "rollout_steps": run.n_steps * env.num_envs, "log_std_shift": epsilon,
                 "max_observation_difference": float(apart.max()),
                 "max_reward_difference": float(np.abs(rewards - reference[1]).max()),
                 "first_step_observations_differ_by_0.1": next((int(t) for t in np.flatnonzero(apart > 0.1)), None),
