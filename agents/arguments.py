@@ -190,6 +190,7 @@ COMMON: dict[str, Rule] = {
 RULES: dict[str, dict[str, Rule]] = {
     "NPG": {
         "target_kl": positive_float,
+        "step_size": optional(positive_float),
         "fisher_estimator": one_of(*ESTIMATORS, "adaptive"),
         "adaptive_kwargs": _adaptive_kwargs,
         "preconditioner": optional(one_of("none", "diagonal", "kfac")),
@@ -245,6 +246,7 @@ RULES: dict[str, dict[str, Rule]] = {
         "inner_updates": non_negative_int,
         "meta_batch_size": positive_int,
         "critic_step_size": unit_interval,
+        "inner_advantage_scale": one_of("rollout", "family"),
         "inner_kwargs": optional(mapping),
         "env_kwargs": optional(mapping),
         "vec_env_class": one_of("dummy", "subproc"),

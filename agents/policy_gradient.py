@@ -42,10 +42,15 @@ __all__ = [
 ADVANTAGE_EPS = 1e-8  # added to std(Â) before dividing
 
 
-def standardize_advantages(advantages: Tensor, normalize: bool = True) -> Tensor:
-    """(Â − mean Â) / (std Â + 1e-8) when ``normalize`` and there is more than one advantage; Â otherwise."""
+def standardize_advantages(advantages: Tensor, normalize: bool = True, scale: float | None = None) -> Tensor:
+    """(Â − mean Â) / (std Â + 1e-8) when ``normalize`` and there is more than one advantage; Â otherwise.
+
+    :param scale: a fixed scale s > 0 in place of the batch's own std: (Â − mean Â) / s when ``normalize`` (a
+        meta-learner's scale of its whole family, so that a batch with little to learn keeps small advantages)
+    """
     if normalize and len(advantages) > 1:
-        return (advantages - advantages.mean()) / (advantages.std() + ADVANTAGE_EPS)
+        spread = advantages.std() + ADVANTAGE_EPS if scale is None else scale
+        return (advantages - advantages.mean()) / spread
     return advantages
 
 
@@ -87,11 +92,14 @@ def policy_surrogate(policy: ActorCriticPolicy | ActorView, batch: PolicyGradien
 
 
 def policy_gradient_batch(
-    buffer: RolloutBuffer, action_space: spaces.Space, normalize_advantage: bool = True, *, actor: ActorView
+    buffer: RolloutBuffer, action_space: spaces.Space, normalize_advantage: bool = True, *, actor: ActorView,
+    advantage_scale: float | None = None,
 ) -> PolicyGradientBatch:
     """The whole rollout of ``buffer`` (GAE already computed) as a :class:`PolicyGradientBatch`.
 
     :param actor: the view of the actor that will read it (it says what the actor reads of the rollout)
+    :param advantage_scale: the fixed scale the centred advantages are divided by, in place of their own std
+        (see :func:`standardize_advantages`)
     :raises ValueError: when an advantage is NaN or infinite (diverged rewards or values)
     """
     rollout = whole_rollout(buffer)
@@ -102,7 +110,7 @@ def policy_gradient_batch(
             "NaN or inf in the advantages: the rewards or value estimates diverged. Check the env's rewards "
             "for NaN, scale large rewards (normalize: true in the config wraps the env in VecNormalize), or lower learning_rate."
         )
-    advantages = standardize_advantages(rollout.advantages, normalize_advantage)
+    advantages = standardize_advantages(rollout.advantages, normalize_advantage, advantage_scale)
     return PolicyGradientBatch(rollout, actor_inputs, actions, rollout.old_log_prob, advantages)
 
 
@@ -127,9 +135,16 @@ class PolicyGradientMixin:
     and ``_critic_batches()`` (from :class:`agents.recurrent.on_policy.RecurrentOnPolicyMixin`).
     """
 
+    # The scale that centred advantages are divided by in place of each rollout's own std (None: their own). A
+    # meta-learner sets it on its inner learners to its family's advantage scale (MetaLearner's inner_advantage_scale).
+    advantage_scale: float | None = None
+
     def policy_gradient_batch(self) -> PolicyGradientBatch:
         """The learner's current rollout buffer, prepared as its ``train()`` uses it (advantages standardised or not)."""
-        return policy_gradient_batch(self.rollout_buffer, self.action_space, self.normalize_advantage, actor=self._actor)  # type: ignore[attr-defined]
+        return policy_gradient_batch(
+            self.rollout_buffer, self.action_space, self.normalize_advantage, actor=self._actor,  # type: ignore[attr-defined]
+            advantage_scale=self.advantage_scale,
+        )
 
     def _fit_critic(self) -> float:
         """``n_critic_updates`` epochs of minibatch regression of V on the GAE returns with the policy's optimizer.

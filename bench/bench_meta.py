@@ -258,21 +258,29 @@ def weight_norms(runs: list[pathlib.Path]) -> list[dict[str, Any]]:
     return rows
 
 
-def inner_step_sizes(run: pathlib.Path, deltas: list[float], n_updates: list[int]) -> list[dict[str, Any]]:
-    """A benchmark run's trained policy adapted to its own held-out tasks (result.json's, with the benchmark's seed
-    + 10000, so the run's δ repeats its numbers) by its inner NPG at each trust region δ: mean return after each
-    number of updates."""
+def inner_step_sizes(runs: list[pathlib.Path], deltas: list[float], rates: list[float], n_updates: list[int]) -> list[dict[str, Any]]:
+    """Benchmark runs' trained policies adapted to their own held-out tasks (result.json's, with the benchmark's seed
+    + 10000, so the run's own rule repeats its numbers) by their inner NPG under each step rule: the trust region at
+    each δ of ``deltas``, then the fixed rate α = min(η, sqrt(2δ / wᵀAw)) at each η of ``rates`` (δ: the first of
+    ``deltas``), the advantages divided by the family's scale (``inner_advantage_scale="family"``: the run's own record
+    of it when it kept one, else the evaluation batch's). Mean return after each number of updates."""
     import numpy as np
 
-    result = json.loads((run / "result.json").read_text())
-    tasks = result["adaptation"]["tasks"]
+    rules = [{"target_kl": delta} for delta in deltas] + [{"target_kl": deltas[0], "step_size": rate} for rate in rates]
     rows = []
-    for delta in deltas:
-        model = META_ALGOS[result["algorithm"]].load(run / "model.zip", device="cpu")
-        model.inner_kwargs = {**model.inner_kwargs, "target_kl": delta}
-        returns = model.evaluate_adaptation(tasks, n_updates=n_updates, seed=result["seed"] + 10_000)
-        rows.append({"inner_target_kl": delta, "mean_return": {str(k): float(np.mean(v)) for k, v in returns.items()}})
-        print(rows[-1])
+    for run in runs:
+        result = json.loads((run / "result.json").read_text())
+        tasks = result["adaptation"]["tasks"]
+        for rule in rules:
+            model = META_ALGOS[result["algorithm"]].load(run / "model.zip", device="cpu")
+            model.inner_kwargs = {**model.inner_kwargs, "step_size": None, **rule}
+            if "step_size" in rule:
+                model.inner_advantage_scale = "family"
+            returns = model.evaluate_adaptation(tasks, n_updates=n_updates, seed=result["seed"] + 10_000)
+            rows.append({"run": str(run), "algorithm": result["algorithm"], "inner_target_kl": rule["target_kl"],
+                         "inner_step_size": rule.get("step_size"), "inner_advantage_scale": model.inner_advantage_scale,
+                         "mean_return": {str(k): float(np.mean(v)) for k, v in returns.items()}})
+            print(rows[-1])
     return rows
 
 
@@ -311,14 +319,16 @@ def main() -> None:
     parser.add_argument("--episodes", type=int, default=10, help="--memoryless: episodes per task and action mode")
     parser.add_argument("--weight-norms", nargs="+", metavar="RUN", help="benchmark runs' folders: the norms of their "
                                                                          "policies' parameter tensors")
-    parser.add_argument("--inner-step-sizes", metavar="RUN", help="a benchmark run's folder: its policy adapted to its "
-                                                                  "held-out tasks at each inner δ of --deltas")
+    parser.add_argument("--inner-step-sizes", nargs="+", metavar="RUN", help="benchmark runs' folders: each policy adapted "
+                        "to its held-out tasks at each inner δ of --deltas, then at each fixed rate of --rates")
     parser.add_argument("--deltas", type=float, nargs="+", default=[0.1, 0.01, 0.001], help="--inner-step-sizes: the δ")
+    parser.add_argument("--rates", type=float, nargs="*", default=[], help="--inner-step-sizes: fixed natural rates η "
+                        "(capped by the first δ; advantages on the family's scale)")
     args = parser.parse_args()
     if args.inner_step_sizes:
         torch.set_num_threads(1)
-        rows = inner_step_sizes(pathlib.Path(args.inner_step_sizes), args.deltas, [0, 1, 3])
-        write_result(f"meta_inner_step_sizes{args.tag}.json", {"run": args.inner_step_sizes, "rows": rows})
+        rows = inner_step_sizes([pathlib.Path(run) for run in args.inner_step_sizes], args.deltas, args.rates, [0, 1, 3])
+        write_result(f"meta_inner_step_sizes{args.tag}.json", {"runs": args.inner_step_sizes, "rows": rows})
         return
     if args.weight_norms:
         rows = weight_norms([pathlib.Path(run) for run in args.weight_norms])

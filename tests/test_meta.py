@@ -497,6 +497,8 @@ def test_bad_input_is_explained():
         FOMAML("MlpPolicy", NAV, meta_step="adam", **TINY)
     with pytest.raises(ValueError, match="meta_target_kl"):
         IMAML("MlpPolicy", NAV, meta_step="natural", meta_target_kl=0.0, **TINY)
+    with pytest.raises(ValueError, match="inner_advantage_scale"):
+        FOMAML("MlpPolicy", NAV, inner_advantage_scale="task", **TINY)
     model = Reptile("MlpPolicy", NAV, **TINY)
     with pytest.raises(ValueError, match="at least one task"):
         model.evaluate_adaptation([])
@@ -1031,3 +1033,50 @@ def test_reptile_interpolates_a_fifth_of_the_way_by_default_and_a_checkpoint_kee
     old = Reptile("MlpPolicy", "ngrl/TargetBandit-v0", meta_batch_size=2, n_steps=8, seed=0, learning_rate=0.5)
     old.save(tmp_path / "old.zip")
     assert Reptile.load(tmp_path / "old.zip").learning_rate == 0.5
+
+
+def test_family_advantage_scale_is_the_rms_of_every_inner_rollout_and_is_saved(monkeypatch, tmp_path):
+    """inner_advantage_scale="family": before each inner update every learner divides its centred advantages by the
+    root mean square of the centred advantages of all inner rollouts meta-training has collected so far (this one
+    included); adaptation reads that record without adding to it, and a checkpoint keeps it."""
+    seen = []
+    original = FOMAML._inner_updates
+
+    def spy(self, learners, theta):
+        seen.append([(np.array(learner.rollout_buffer.advantages, dtype=np.float64).ravel(), learner.advantage_scale)
+                     for learner in learners])
+        updates = original(self, learners, theta)
+        for (raw, scale), update in zip(seen[-1], updates):  # the step's batch: the centred advantages over the scale
+            if scale is None:  # "rollout": their own std (test_policy_update_record_and_advantage_standardisation)
+                continue
+            drawn = update.batch.rollout.advantages.double()  # the buffer's, in the order its get() drew them
+            np.testing.assert_allclose(np.sort(drawn.numpy()), np.sort(raw), rtol=1e-6)
+            torch.testing.assert_close(update.batch.advantages.double(), (drawn - drawn.mean()) / scale, rtol=1e-5, atol=1e-6)
+        return updates
+
+    monkeypatch.setattr(FOMAML, "_inner_updates", spy)
+    model = FOMAML("MlpPolicy", NAV, inner_updates=2, inner_advantage_scale="family",
+                   inner_kwargs=dict(target_kl=0.1, step_size=1.0), **TINY)
+    model.learn(2 * 3 * 32 * 2, log_interval=None)  # two meta-iterations of two tasks, two inner updates each
+    assert len(seen) == 4
+    square_sum, count = 0.0, 0
+    for round_ in seen:
+        for raw, _ in round_:
+            square_sum += float(((raw - raw.mean()) ** 2).sum())
+            count += raw.size
+        for _, scale in round_:
+            assert scale == pytest.approx(np.sqrt(square_sum / count) + 1e-8, rel=1e-12)  # + ε, as in standardising
+    assert count == 2 * 2 * 2 * 32  # iterations × tasks × inner updates × n_steps
+    assert (model.advantage_square_sum, model.advantage_count) == (pytest.approx(square_sum), count)
+    seen.clear()
+    model.evaluate_adaptation(held_out_tasks(NAV, 2, 0), n_updates=(0, 1), seed=0)
+    assert seen and model.advantage_count == count  # read, not recorded
+    assert all(scale == pytest.approx(np.sqrt(square_sum / count) + 1e-8, rel=1e-12) for round_ in seen for _, scale in round_)
+    model.save(tmp_path / "family.zip")
+    loaded = FOMAML.load(tmp_path / "family.zip")
+    assert (loaded.inner_advantage_scale, loaded.advantage_count) == ("family", count)
+    assert loaded.advantage_square_sum == pytest.approx(square_sum)
+    by_rollout = FOMAML("MlpPolicy", NAV, **TINY)  # the default: each rollout's own std, nothing recorded
+    by_rollout.learn(3 * 32 * 2, log_interval=None)
+    assert by_rollout.inner_advantage_scale == "rollout" and by_rollout.advantage_count == 0
+    assert all(learner.advantage_scale is None for learner in by_rollout._learners)

@@ -187,6 +187,11 @@ def test_bad_arguments_and_nan_advantages():
         NPG("MlpPolicy", "CartPole-v1", natural_direction="adam")
     with pytest.raises(AssertionError, match="action space"):
         NPG("MlpPolicy", _tuple_action_env())
+    for bad in (0.0, -1.0, float("nan")):
+        with pytest.raises(ValueError, match="step_size must be a positive"):
+            NPG("MlpPolicy", "CartPole-v1", step_size=bad)
+    with pytest.raises(ValueError, match="line_search.*step_size=None"):
+        NPG("MlpPolicy", "CartPole-v1", step_size=1.0, line_search=True)
     model = NPG("MlpPolicy", "CartPole-v1", seed=0, **SMALL)
     model.learn(64)
     model.rollout_buffer.advantages[3] = np.nan

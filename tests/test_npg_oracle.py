@@ -46,8 +46,9 @@ def _to_float64(model) -> None:
         buffer.states = type(buffer.states)(*(tuple(s.double() for s in part) for part in buffer.states))
 
 
-def _standardised(advantages: torch.Tensor) -> torch.Tensor:
-    return (advantages - advantages.mean()) / (advantages.std() + 1e-8)
+def _standardised(advantages: torch.Tensor, scale: float | None = None) -> torch.Tensor:
+    """Centred, divided by their own std (+ 1e-8), or by a fixed ``scale`` (a meta-learner's family scale)."""
+    return (advantages - advantages.mean()) / (advantages.std() + 1e-8 if scale is None else scale)
 
 
 def _feed_forward(algo=NPG, n_envs: int = 2, **kwargs):
@@ -129,7 +130,7 @@ def _buffer_rows(model) -> dict[str, torch.Tensor]:
         "obs": flat(buffer.observations),
         "actions": flat(buffer.actions).long().flatten(),
         "old_log_prob": flat(buffer.log_probs).flatten(),
-        "advantages": _standardised(flat(buffer.advantages).flatten()),
+        "advantages": _standardised(flat(buffer.advantages).flatten(), model.advantage_scale),
     }
 
 
@@ -178,6 +179,9 @@ def _npg_step(model, captured: dict) -> tuple[torch.Tensor, torch.Tensor]:
     else:
         w = torch.linalg.solve(damped, gradient)
     alpha = math.sqrt(2 * model.target_kl / float(w @ damped @ w))  # ½α²wᵀ(F + λI)w = δ
+    if model.step_size is not None:  # the fixed rate, capped by the trust region
+        captured["capped"] = model.step_size > alpha
+        alpha = min(model.step_size, alpha)
     if not model.line_search:
         return theta0, theta0 + alpha * w
     with torch.no_grad():
@@ -206,6 +210,8 @@ ROUTES = [
     pytest.param(dict(natural_direction="cfa"), id="cfa"),
     pytest.param(dict(line_search=True, target_kl=0.3, cg_damping=1e-3), id="line-search"),  # backtracks 2 times
     pytest.param(dict(sub_sampling_factor=3), id="sub-sampled"),
+    pytest.param(dict(step_size=0.05), id="fixed-rate"),  # α = η, below the trust region's α
+    pytest.param(dict(step_size=50.0), id="fixed-rate-capped"),  # α = sqrt(2δ / wᵀAw), below η
     pytest.param(dict(sub_sampling_factor=2, natural_direction="cfa"), id="cfa-sub-sampled"),
 ]
 
@@ -220,7 +226,21 @@ def test_npg_step_equals_the_dense_natural_gradient(options):
     assert (expected - theta0).norm() > 1e-3  # the step is not trivially small
     if options.get("line_search"):
         assert 0 < captured["reference_fraction"] < 1  # the line search really backtracks here
+    if "step_size" in options:
+        assert captured["capped"] == (options["step_size"] > 1)  # each fixed-rate route takes the branch it names
     torch.testing.assert_close(got, expected, rtol=1e-7, atol=1e-9)
+
+
+@pytest.mark.parametrize("scale", [0.5, 4.0])
+def test_npg_step_on_a_fixed_advantage_scale_equals_the_dense_natural_gradient(scale):
+    """A meta-learner's family scale: centred advantages divided by a fixed number, then the fixed-rate step (uncapped:
+    the step is η/s times the unit-scale one, so it shrinks with the advantages)."""
+    model = _feed_forward(cg_max_steps=200, cg_tol=1e-13, target_kl=10.0, step_size=0.05, cg_damping=DAMPING)
+    model.advantage_scale = scale
+    captured = _spy_fisher(model)
+    theta0, expected = _npg_step(model, captured)
+    assert not captured["capped"]
+    torch.testing.assert_close(get_flat_params(model._actor_params), expected, rtol=1e-7, atol=1e-9)
 
 
 def test_the_oracle_has_teeth():

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import inspect
+import math
 import time
 from dataclasses import dataclass
 from collections.abc import Callable, Sequence
@@ -27,7 +28,7 @@ from agents.common import CheckpointMixin, critic_parameters, isolated_random_st
 from agents.meta.family import family_vec_env, missing_vec_family_methods, sample_model_tasks, sub_env_copies
 from agents.meta.rollouts import collect_task_rollouts
 from agents.meta.vpg import VPG
-from agents.policy_gradient import PolicyGradientBatch, PolicyUpdate
+from agents.policy_gradient import ADVANTAGE_EPS, PolicyGradientBatch, PolicyUpdate
 from agents.npg import NPG
 from agents.recurrent import CnnErnnPolicy, MlpErnnPolicy
 from envs.task_family import FamilyLike, Task, check_task, family_target, not_a_family_message
@@ -46,6 +47,7 @@ INNER_ALGOS: dict[str, type[OnPolicyAlgorithm]] = {"npg": NPG, "vpg": VPG}
 # learner and a checkpoint made before this default keeps its own.
 INNER_DEFAULTS: dict[str, dict[str, Any]] = {"npg": {"target_kl": 0.1}}
 VEC_ENV_CLASSES = {"dummy": DummyVecEnv, "subproc": SubprocVecEnv}
+ADVANTAGE_SCALES = ("rollout", "family")
 
 
 @dataclass(frozen=True)
@@ -114,6 +116,11 @@ class MetaLearner(CheckpointMixin, BaseAlgorithm):
     :param inner_kwargs: keyword arguments of the inner algorithm (e.g. ``target_kl``, ``step_size``), over its own
         defaults and, for NPG, the inner loop's: ``target_kl=0.1``
     :param critic_step_size: interpolation factor of the critic's meta-update
+    :param inner_advantage_scale: what the inner learners divide their centred advantages by: "rollout" (each
+        rollout's own std, SB3's normalisation) or "family" (one scale for the whole family: the root mean square of
+        the centred advantages of every rollout meta-training has collected, kept with the learner; before any, that
+        of the meta-batch at hand). With "family" a task on which the policy already does well keeps small
+        advantages, so a fixed-rate inner step (``inner_kwargs={"step_size": η}``) is small there
     :param env_kwargs: keyword arguments of the env when it is given by id, class or factory
     :param vec_env_class: "dummy" or "subproc" when the env is not given as a VecEnv
     :param tensorboard_log: tensorboard log folder (None: no tensorboard)
@@ -149,6 +156,7 @@ class MetaLearner(CheckpointMixin, BaseAlgorithm):
         gae_lambda: float = 0.95,
         inner_kwargs: dict[str, Any] | None = None,
         critic_step_size: float = 1.0,
+        inner_advantage_scale: str = "rollout",
         env_kwargs: dict[str, Any] | None = None,
         vec_env_class: str = "dummy",
         tensorboard_log: str | None = None,
@@ -180,6 +188,8 @@ class MetaLearner(CheckpointMixin, BaseAlgorithm):
             raise ValueError(f"inner_kwargs {managed} are set by the meta-learner: pass them to it directly")
         if not 0.0 <= critic_step_size <= 1.0:
             raise ValueError(f"critic_step_size must be in [0, 1], got {critic_step_size}")
+        if inner_advantage_scale not in ADVANTAGE_SCALES:
+            raise ValueError(f"inner_advantage_scale must be one of {ADVANTAGE_SCALES}, got {inner_advantage_scale!r}")
         self.env_id: str | None = None
         self.env_kwargs = dict(env_kwargs or {})
         self.vec_env_class = vec_env_class
@@ -226,6 +236,10 @@ class MetaLearner(CheckpointMixin, BaseAlgorithm):
         own_defaults = INNER_DEFAULTS.get(inner_algo, {}) if isinstance(inner_algo, str) else {}
         self.inner_kwargs = {**own_defaults, **(inner_kwargs or {})}
         self.critic_step_size = critic_step_size
+        self.inner_advantage_scale = inner_advantage_scale
+        # Σ Â² and the count over the centred advantages of every inner rollout of meta-training (the family's scale)
+        self.advantage_square_sum = 0.0
+        self.advantage_count = 0
         if _init_setup_model:
             self._setup_model()
 
@@ -275,6 +289,26 @@ class MetaLearner(CheckpointMixin, BaseAlgorithm):
         """
         return learner.train() if solved is None else learner.train(*solved)
 
+    def _set_advantage_scale(self, learners: Sequence[OnPolicyAlgorithm], record: bool) -> None:
+        """With ``inner_advantage_scale="family"``: give every learner the family's advantage scale, the root mean square
+        of the centred advantages (each rollout's own mean removed) of every inner rollout meta-training collected.
+
+        :param record: add the learners' present rollouts to that record first (meta-training; adaptation only reads it)
+        """
+        if self.inner_advantage_scale != "family":
+            return
+        centred = [np.asarray(learner.rollout_buffer.advantages, dtype=np.float64).ravel() for learner in learners]
+        centred = [a - a.mean() for a in centred]
+        square_sum, count = sum(float(a @ a) for a in centred), sum(a.size for a in centred)
+        if record:
+            self.advantage_square_sum += square_sum
+            self.advantage_count += count
+        if self.advantage_count > 0:
+            square_sum, count = self.advantage_square_sum, self.advantage_count
+        scale = math.sqrt(square_sum / max(count, 1)) + ADVANTAGE_EPS
+        for learner in learners:
+            learner.advantage_scale = scale
+
     def _inner_updates(self, learners: Sequence[OnPolicyAlgorithm], theta: torch.Tensor) -> list[PolicyUpdate | None]:
         """One inner update of every task's learner. NPG learners of an ERNN policy solve their natural directions
         together (``NPG.solve_jointly``: one Fisher product per CG iteration for all tasks, each task's own CG); every
@@ -295,12 +329,14 @@ class MetaLearner(CheckpointMixin, BaseAlgorithm):
         final_rollout: bool = True,
         tasks: Sequence[Task] | None = None,
         test_batches: bool = False,
+        record_advantage_scale: bool = False,
     ) -> tuple[list[TaskAdaptation], bool]:
         """k rounds of (rollouts, update) from θ on every task in parallel, then optionally the adapted policies' rollouts.
 
         :param final_rollout: collect a rollout batch of the adapted policies at the end
         :param tasks: the tasks of the sub-envs (recorded, not set here)
         :param test_batches: keep that last batch, prepared for a surrogate, in the records
+        :param record_advantage_scale: add the rollouts' advantages to the family's advantage scale (meta-training)
         :return: one :class:`TaskAdaptation` per learner, and whether every rollout was completed (no records if not)
         """
         theta = get_flat_params(self._actor_params)
@@ -315,6 +351,7 @@ class MetaLearner(CheckpointMixin, BaseAlgorithm):
                 return [], False
             for i in range(n):
                 returns[i].append(float(batch_returns[i]))
+            self._set_advantage_scale(learners, record=record_advantage_scale and k < n_updates)
             if k < n_updates:
                 for i, update in enumerate(self._inner_updates(learners, theta)):
                     if isinstance(update, PolicyUpdate):  # a custom inner algorithm may return nothing
@@ -373,7 +410,7 @@ class MetaLearner(CheckpointMixin, BaseAlgorithm):
         callback.on_rollout_start()
         records, ok = self._adapt_batch(
             self.env, self._learners, self.inner_updates, on_step, final_rollout=self.needs_test_rollouts, tasks=tasks,
-            test_batches=self.needs_test_rollouts,
+            test_batches=self.needs_test_rollouts, record_advantage_scale=True,
         )
         callback.on_rollout_end()
         if not ok:

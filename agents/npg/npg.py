@@ -73,7 +73,8 @@ class NPG(CheckpointMixin, PolicyGradientMixin, RecurrentOnPolicyMixin, OnPolicy
     step θ ← θ + αw uses α = sqrt(2δ / wᵀ(F + λI)w), the largest step whose quadratic KL model
     ½α²wᵀ(F + λI)w equals ``target_kl`` = δ (F being the Fisher of the chosen estimator, on the
     sub-sampled states; ``ngrl.natural_step``); with ``line_search=True`` the step is shrunk until
-    the surrogate improves and the exact KL is ≤ δ (which makes it TRPO). The value
+    the surrogate improves and the exact KL is ≤ δ (which makes it TRPO); with ``step_size=η`` it is the fixed
+    rate α = min(η, sqrt(2δ / wᵀ(F + λI)w)), δ capping it (a small gradient then makes a small step). The value
     function is fitted with the policy's optimizer (Adam) on GAE returns; its gradients never touch
     the actor's parameters.
 
@@ -94,7 +95,9 @@ class NPG(CheckpointMixin, PolicyGradientMixin, RecurrentOnPolicyMixin, OnPolicy
     :param batch_size: minibatch size of the critic updates
     :param gamma: discount factor
     :param gae_lambda: λ of generalised advantage estimation
-    :param target_kl: trust-region radius δ: α = sqrt(2δ / wᵀ(F + λI)w)
+    :param target_kl: trust-region radius δ: α = sqrt(2δ / wᵀ(F + λI)w) (with ``step_size``: the cap on α)
+    :param step_size: η, a fixed natural step α = min(η, sqrt(2δ / wᵀ(F + λI)w)) in place of the trust region's
+        α = sqrt(2δ / wᵀ(F + λI)w); None (default): the trust region's. Not with ``line_search``
     :param fisher_estimator: the curvature F: "exact" (default), "score", "empirical", "diagonal" or "kfac"
         (see ``ngrl.fisher.policy_fisher``), or "adaptive": no solve, w = Pg with P ≈ (F + λI)⁻¹ the running
         inverse of Amari, Park & Fukumizu (2000) (``ngrl.fisher.AdaptiveFisher``, kept in the policy's state),
@@ -160,6 +163,7 @@ class NPG(CheckpointMixin, PolicyGradientMixin, RecurrentOnPolicyMixin, OnPolicy
         gamma: float = 0.99,
         gae_lambda: float = 0.95,
         target_kl: float = 0.01,
+        step_size: float | None = None,
         fisher_estimator: str = "exact",
         adaptive_kwargs: dict[str, Any] | None = None,
         natural_direction: str = "cg",
@@ -218,6 +222,8 @@ class NPG(CheckpointMixin, PolicyGradientMixin, RecurrentOnPolicyMixin, OnPolicy
             raise ValueError("fisher_estimator='adaptive' gives the direction itself: use natural_direction='cg' and no preconditioner")
         if target_kl <= 0:
             raise ValueError("target_kl must be positive")
+        if step_size is not None and line_search:
+            raise ValueError("line_search backtracks the trust region's step: use it with step_size=None")
         if preconditioner == "none":
             preconditioner = None
         if sub_sampling_factor < 1:
@@ -228,6 +234,7 @@ class NPG(CheckpointMixin, PolicyGradientMixin, RecurrentOnPolicyMixin, OnPolicy
                 raise ValueError("normalize_advantage needs n_steps * n_envs > 1")
         self.batch_size = batch_size
         self.target_kl = target_kl
+        self.step_size = step_size
         self.fisher_estimator = fisher_estimator
         self.adaptive_kwargs = adaptive_kwargs
         self.natural_direction = natural_direction
@@ -406,11 +413,12 @@ class NPG(CheckpointMixin, PolicyGradientMixin, RecurrentOnPolicyMixin, OnPolicy
             outputs = self._actor.outputs(actor_inputs)
             return float(surrogate(outputs)), float(family.kl(old_outputs, outputs).mean())
 
-        # w = (F + λI)⁻¹g, θ ← θ + αw with α = sqrt(2δ / wᵀ(F + λI)w) (see ngrl.natural_step)
+        # w = (F + λI)⁻¹g, θ ← θ + αw with α = sqrt(2δ / wᵀ(F + λI)w), or min(η, that) at a fixed rate (ngrl.natural_step)
         step = natural_step(
             gradient,
             fisher,
             max_kl=self.target_kl,
+            learning_rate=self.step_size,
             cg=CGConfig(max_iter=self.cg_max_steps, tol=self.cg_tol),
             preconditioner=self._preconditioner(fisher, fisher_inputs) if solve is None else None,
             solve=solve,
