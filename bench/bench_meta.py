@@ -17,6 +17,8 @@ policy-gradient steps.
 
     python bench/bench_meta.py                       # k = 1 5 20; writes bench/results/meta_memory.json
     python bench/bench_meta.py --table bench/results/meta   # the README's adaptation table from the grid above
+    python bench/bench_meta.py --table bench/results/meta_untuned --seeds 0 1 2 --algos fomaml-fixed-rate ...
+                                                     # the same for some seeds and methods only
     python bench/bench_meta.py --adaptation-cost     # seconds of a 5-task ERNN adaptation: whole vs windowed Fisher,
                                                      # the tasks' directions solved together vs task by task
     python bench/bench_meta.py --memoryless bench/results/meta_budget/joint-untuned/ngrl-CartPoleActuator-v0_0 \
@@ -26,6 +28,8 @@ policy-gradient steps.
                                                      # on one direction only)
     python bench/bench_meta.py --inner-step-sizes bench/results/meta_budget/joint-untuned/ngrl-CartPoleActuator-v0_0 \
         --tag _cartpole_actuator_joint               # the run's policy adapted at inner δ 0.1, 0.01, 0.001
+    python bench/bench_meta.py --inner-step-sizes RUN [RUN ...] --deltas 0.1 --rates 1 3 10 --tag _fixed_rate_probe
+                                                     # and at the fixed rates η (capped by δ 0.1, family advantage scale)
 """
 
 from __future__ import annotations
@@ -85,7 +89,8 @@ def memory_run(ks: list[int], n_steps: int, net_arch: list[int]) -> dict[str, An
 BASELINES = ("random-init", "joint")
 
 
-def adaptation_table(folder: pathlib.Path, baselines: tuple[str, str] = BASELINES, expert: str | None = None) -> str:
+def adaptation_table(folder: pathlib.Path, baselines: tuple[str, str] = BASELINES, expert: str | None = None,
+                     seeds: list[int] | None = None, algos: list[str] | None = None) -> str:
     """The README's table from a grid's adaptation.csv: per family and method, the mean return over the held-out tasks
     (mean ± std over seeds) before and after each number of updates ("—" where a method has no such row); then, per
     family, on how many seeds each other method beats both ``baselines`` (random init, joint training) after one update
@@ -93,12 +98,13 @@ def adaptation_table(folder: pathlib.Path, baselines: tuple[str, str] = BASELINE
     training's (the ratio of the means over seeds; for positive returns only). With ``expert`` (the per-task expert's
     row, trained on each task alone; its best mean return over its numbers of updates is the ceiling, per seed): the
     share of the gap between joint training and the expert that each method closes after 3 updates,
-    (method − joint) / (expert − joint), per seed."""
+    (method − joint) / (expert − joint), per seed. ``seeds`` and ``algos`` keep those seeds and methods only (the
+    baselines and the expert count among the methods)."""
     import csv
     import statistics
 
     with open(folder / "adaptation.csv") as f:
-        rows = list(csv.DictReader(f))
+        rows = [r for r in csv.DictReader(f) if (seeds is None or int(r["seed"]) in seeds) and (algos is None or r["algo"] in algos)]
     value = {(r["env"], r["algo"], int(r["seed"]), int(r["updates"])): float(r["mean"]) for r in rows}
     updates = sorted({k for (_, _, _, k) in value})
     lines = ["| family | method | seeds | " + " | ".join(f"after {k} update{'' if k == 1 else 's'}" for k in updates) + " |",
@@ -302,6 +308,8 @@ def main() -> None:
     parser.add_argument("--baselines", nargs=2, default=list(BASELINES), metavar=("RANDOM_INIT", "JOINT"),
                         help="--table: the rows of the never-trained policy and of joint training (default random-init joint)")
     parser.add_argument("--expert", default=None, help="--table: the per-task expert's row (the ceiling), e.g. expert")
+    parser.add_argument("--seeds", type=int, nargs="+", default=None, help="--table: these seeds only")
+    parser.add_argument("--algos", nargs="+", default=None, help="--table: these methods only (baselines and expert included)")
     parser.add_argument("--adaptation-cost", action="store_true", help="time a 5-task ERNN adaptation, whole vs windowed "
                                                                       "Fisher, joint vs per-task solves, instead of measuring memory")
     parser.add_argument("--fisher-lengths", nargs="+", default=["whole", "64"], metavar="L",
@@ -355,7 +363,7 @@ def main() -> None:
         write_result(f"meta_adaptation_cost{args.tag}.json", cost)
         return
     if args.table:
-        print(adaptation_table(pathlib.Path(args.table), tuple(args.baselines), args.expert))
+        print(adaptation_table(pathlib.Path(args.table), tuple(args.baselines), args.expert, args.seeds, args.algos))
         return
     torch.set_num_threads(1)
     RESULTS.mkdir(parents=True, exist_ok=True)
