@@ -1076,6 +1076,9 @@ def test_family_advantage_scale_is_the_rms_of_every_inner_rollout_and_is_saved(m
     loaded = FOMAML.load(tmp_path / "family.zip")
     assert (loaded.inner_advantage_scale, loaded.advantage_count) == ("family", count)
     assert loaded.advantage_square_sum == pytest.approx(square_sum)
+    loaded.advantage_square_sum = float("nan")  # an altered checkpoint: a clear error, not a NaN step
+    with pytest.raises(ValueError, match="advantage record"):
+        loaded.evaluate_adaptation(held_out_tasks(NAV, 2, 0), n_updates=(0, 1), seed=0)
     by_rollout = FOMAML("MlpPolicy", NAV, **TINY)  # the default: each rollout's own std, nothing recorded
     by_rollout.learn(3 * 32 * 2, log_interval=None)
     assert by_rollout.inner_advantage_scale == "rollout" and by_rollout.advantage_count == 0

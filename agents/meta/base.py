@@ -300,9 +300,14 @@ class MetaLearner(CheckpointMixin, BaseAlgorithm):
         centred = [np.asarray(learner.rollout_buffer.advantages, dtype=np.float64).ravel() for learner in learners]
         centred = [a - a.mean() for a in centred]
         square_sum, count = sum(float(a @ a) for a in centred), sum(a.size for a in centred)
-        if record:
+        if record and math.isfinite(square_sum):  # NaN advantages are refused by the update itself, not recorded
             self.advantage_square_sum += square_sum
             self.advantage_count += count
+        if not (math.isfinite(self.advantage_square_sum) and self.advantage_square_sum >= 0 and self.advantage_count >= 0):
+            raise ValueError(
+                f"the family's advantage record (advantage_square_sum={self.advantage_square_sum!r}, advantage_count="
+                f"{self.advantage_count!r}) is not a sum of squares and a count: the checkpoint was altered; set both to 0"
+            )
         if self.advantage_count > 0:
             square_sum, count = self.advantage_square_sum, self.advantage_count
         scale = math.sqrt(square_sum / max(count, 1)) + ADVANTAGE_EPS
